@@ -1,0 +1,260 @@
+"""The `lookalike` command: one small function a command, each parsing, calling the library, printing.
+
+Errors reach the user as one line on stderr and exit status 1 (2 for bad usage, from typer); a
+traceback only ever means a bug, and even then main() turns it into one line plus a hint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from lookalike import __version__
+from lookalike.errors import LookalikeError
+
+app = typer.Typer(
+    help="Reverse image search for a folder of photos, on your CPU, with no server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class Metric(str, Enum):  # noqa: UP042 (typer needs a str Enum)
+    cosine = "cosine"
+    euclidean = "euclidean"
+
+
+IndexPath = Annotated[
+    Path,
+    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", help="The index file.", show_default=True),
+]
+DEFAULT_INDEX_PATH = Path("index.lookalike")
+
+
+def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise LookalikeError(
+            f"{name} must be one number or three, comma separated, like 0.5 or 0.485,0.456,0.406"
+        ) from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise LookalikeError(f"{name} needs one value or three (R,G,B), got {len(values)}")
+    return tuple(values)  # type: ignore[return-value]
+
+
+class _Speed(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:6.0f} img/s" if task.speed else "      … img/s", style="cyan")
+
+
+@app.command()
+def index(
+    photos: Annotated[list[Path], typer.Argument(help="Folders or image files to index.", show_default=False)],
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    model: Annotated[Optional[str], typer.Option(help="A model name (see `lookalike models`) or an .onnx file; "
+                                                 "default efficientnet-lite0 for a new index.")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="ONNX files: input size in pixels.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel mean on a 0-1 scale, e.g. 0.5.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel std on a 0-1 scale.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decode threads [default: one per core].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Inference threads [default: one per core].")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per inference batch.")] = 32,
+    keep_missing: Annotated[bool, typer.Option(help="Keep indexed files that are gone from disk.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Index folders of images: embed new and changed files, drop deleted ones. Safe to stop and re-run."""
+    from lookalike.index import Index
+    from lookalike.models.registry import resolve_spec
+
+    spec = None
+    if model or input_size or mean or std:
+        spec = resolve_spec(model, input_size=input_size, mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
+    with Index.open(index, model=spec, create=True, threads=threads) as idx:
+        with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn(),
+                      console=err, disable=quiet, transient=False) as bar:
+            task = bar.add_task("indexing", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summary = idx.add(photos, workers=workers, batch_size=batch_size, progress=progress,
+                              sync=not keep_missing)
+        total = len(idx)
+    out.print(
+        f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
+        f"{summary.failed} failed in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s); "
+        f"{total} images in {index}"
+    )
+    for path, reason in summary.failures[:10]:
+        out.print(f"  failed: {path}: {reason}")
+    if len(summary.failures) > 10:
+        out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
+
+
+@app.command()
+def search(
+    query: Annotated[Optional[Path], typer.Argument(help="An image file to search with.", show_default=False)] = None,
+    by_id: Annotated[Optional[Path], typer.Option("--id", help="Search with an image already in the index "
+                                                   "(it is left out of the results).")] = None,
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many results.")] = 10,
+    metric: Annotated[Metric, typer.Option(help="cosine: similarity, higher is closer; euclidean: distance "
+                                           "between unit vectors, lower is closer. Both rank alike.")] = Metric.cosine,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of the query and its results here.")] = None,
+) -> None:
+    """Find the indexed images that look most like QUERY (or like the indexed image --id)."""
+    from lookalike import images
+    from lookalike.index import Index
+
+    if (query is None) == (by_id is None):
+        raise LookalikeError("give either a QUERY image or --id PATH (one of them)")
+    with Index.open(index) as idx:
+        if by_id is not None:
+            hits = idx.similar(by_id, k, metric=metric.value)
+            shown = by_id
+        else:
+            hits = idx.search(query, k, metric=metric.value)
+            shown = query
+        if as_json:
+            print(json.dumps({"query": str(shown), "metric": metric.value, "model": idx.spec.name,
+                              "results": [hit.__dict__ for hit in hits]}, indent=2))
+        else:
+            table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False)
+            table.add_column("rank", justify="right")
+            table.add_column(metric.value, justify="right")
+            table.add_column("path", overflow="fold")
+            for hit in hits:
+                table.add_row(str(hit.rank), f"{hit.score:.4f}", _shorter(hit.path))
+            out.print(table)
+        if grid is not None:
+            from lookalike.viz import result_grid
+
+            picture = images.load(shown, draft=(400, 400)).image
+            result_grid(picture, hits, grid, title=f"query: {Path(shown).name}")
+            (err if as_json else out).print(f"grid written to {grid}")
+
+
+@app.command()
+def models(
+    fetch: Annotated[Optional[str], typer.Option(help="Make this model available offline now "
+                                                  "(export it, or download it from the Hub).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The models lookalike knows, their dims, and whether each can run here offline."""
+    from lookalike.models.embedder import availability, model_file
+    from lookalike.models.registry import DEFAULT_MODEL, MODELS, resolve_spec
+
+    if fetch:
+        path = model_file(resolve_spec(fetch))
+        out.print(f"{fetch}: {path}")
+        return
+    rows = [
+        {"name": s.name, "dims": s.dims, "input_size": s.input_size, "source": s.source,
+         "available": availability(s), "default": s.name == DEFAULT_MODEL, "description": s.description,
+         "licence": s.licence}
+        for s in MODELS.values()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("model", "dims", "input", "source", "offline", "about"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        name = row["name"] + (" (default)" if row["default"] else "")
+        table.add_row(name, str(row["dims"]), str(row["input_size"]), row["source"], row["available"],
+                      row["description"])
+    out.print(table)
+    out.print("Any ONNX file works too: --model FILE.onnx [--input-size N --mean M --std S]")
+
+
+@app.command()
+def info(
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    failures: Annotated[int, typer.Option(min=0, help="How many failed files to list.")] = 20,
+) -> None:
+    """What an index holds: counts, model, size on disk, and the files that failed, with reasons."""
+    from lookalike.index import Index
+
+    with Index.open(index) as idx:
+        facts = idx.info()
+    if as_json:
+        print(json.dumps(facts, indent=2))
+        return
+    out.print(f"[bold]{facts['index']}[/bold]")
+    out.print(f"  images   {facts['images']} indexed, {facts['failed']} failed")
+    out.print(f"  model    {facts['model']}: {facts['dims']}-d, {facts['input_size']}px, {facts['precision']}, "
+              f"mean {_fmt(facts['mean'])}, std {_fmt(facts['std'])}")
+    out.print(f"  search   {facts['search']} (cosine over all vectors)")
+    out.print(f"  folders  {', '.join(facts['roots']) or '-'}")
+    out.print(f"  on disk  {facts['size_bytes'] / 1e6:.1f} MB")
+    for failure in facts["failures"][:failures]:
+        out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
+    if len(facts["failures"]) > failures:
+        out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
+
+
+def _fmt(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _shorter(path: str) -> str:
+    """A path relative to the working directory when it is below it: easier to read and to copy."""
+    try:
+        return os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else path
+    except ValueError:
+        return path
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"lookalike {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except LookalikeError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: what was indexed so far is saved; run the same command again to finish")
+        sys.exit(130)
+    except (OSError, MemoryError) as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if os.environ.get("LOOKALIKE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                  "(a bug in lookalike: LOOKALIKE_DEBUG=1 shows the traceback)", soft_wrap=True)
+        sys.exit(1)

