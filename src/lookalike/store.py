@@ -89,15 +89,9 @@ class Store:
         path = Path(path).expanduser()
         if not path.is_file():
             raise IndexNotFound(f"no index at {path}: build one with `lookalike index PHOTOS_DIR --index {path}`")
-        store = cls(path, _connect(path))
-        try:
-            fmt = store.meta("format")
-        except sqlite3.DatabaseError:
-            fmt = None
-        if fmt != FORMAT:
-            store.close()
+        if _format_of(path) != FORMAT:
             raise IndexNotFound(f"{path} is not a lookalike index (choose another --index path)")
-        return store
+        return cls(path, _connect(path))
 
     @classmethod
     def create(cls, path: str | Path, spec: ModelSpec) -> Store:
@@ -242,6 +236,22 @@ class Store:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.db.execute(sql).fetchall()
+
+
+def _format_of(path: Path) -> str | None:
+    """Read-only look at a file: a lookalike index says so in its meta table. Nothing is written to a file
+    that turns out to be something else (not even switching it to WAL mode)."""
+    try:
+        probe = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        row = probe.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+    finally:
+        probe.close()
 
 
 def _connect(path: Path) -> sqlite3.Connection:

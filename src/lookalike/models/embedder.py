@@ -115,6 +115,9 @@ class Embedder:
             raise ModelUnavailable(f"{path} takes {height}px input, not {spec.input_size}px: fix --input-size")
         if not spec.input_size:  # an ONNX file without --input-size: the graph's own size, else 224
             spec = replace(spec, input_size=height if isinstance(height, int) else 224)
+        shape = self.session.get_outputs()[outputs.index(self.output_name)].shape
+        if spec.dims and len(shape) == 2 and isinstance(shape[1], int) and shape[1] != spec.dims:
+            raise ModelUnavailable(f"{path} gives {shape[1]}-d vectors, but {spec.name} should give {spec.dims}")
         if not spec.dims:
             probe = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
             spec = replace(spec, dims=int(self._run(probe).shape[1]))
