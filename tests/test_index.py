@@ -132,6 +132,6 @@ def test_new_vectors_are_searchable_in_the_same_session(index, photo_dir, tmp_pa
 
 def test_vectors_are_unit_length_float32(index, photo_dir):
     index.add([photo_dir])
-    ids, vectors = index.vectors()
+    _ids, vectors = index.vectors()
     assert vectors.dtype == np.float32 and vectors.shape == (9, index.spec.dims)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -29,7 +29,7 @@ def test_store_round_trips_rows_and_vectors(tmp_path):
     store.close()
 
     store = Store.open(tmp_path / "x.lookalike")
-    ids, matrix = store.vectors()
+    _ids, matrix = store.vectors()
     assert matrix.dtype == np.float32 and matrix.shape == (3, SPEC.dims)
     np.testing.assert_array_equal(matrix, vectors)
     assert store.counts() == {"ok": 3, "failed": 1}

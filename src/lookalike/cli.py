@@ -137,6 +137,10 @@ def search(
         if as_json:
             print(json.dumps({"query": str(shown), "metric": metric.value, "model": idx.spec.name,
                               "results": [hit.__dict__ for hit in hits]}, indent=2))
+        elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
+            print(f"rank\t{metric.value}\tpath")
+            for hit in hits:
+                print(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
         else:
             table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False)
             table.add_column("rank", justify="right")
