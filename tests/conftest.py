@@ -102,7 +102,7 @@ def photo_dir(tmp_path) -> Path:
     return root
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """The real command, as a user runs it."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lookalike", *args], cwd=cwd, env=full_env, capture_output=True,

@@ -36,7 +36,7 @@ def test_every_registry_entry_is_complete():
 
 
 def test_unknown_names_and_missing_files_are_clear(tmp_path):
-    with pytest.raises(ModelUnavailable, match="unknown model 'nope'.*efficientnet-lite0"):
+    with pytest.raises(ModelUnavailable, match=r"unknown model 'nope'.*efficientnet-lite0"):
         resolve_spec("nope")
     with pytest.raises(ModelUnavailable, match="model file not found"):
         resolve_spec(str(tmp_path / "missing.onnx"))
