@@ -1,6 +1,6 @@
 """End-to-end indexing speed of `lookalike index` on Caltech101, beside the model-only ceiling, in one run.
 
-    python benchmarks/index_speed.py [--images DIR] [--model efficientnet-lite0]
+    python -m benchmarks.index_speed [--images DIR] [--model efficientnet-lite0]
 
 End to end: a fresh index, the real command in a subprocess (discovery, reading, hashing, decoding,
 inference, SQLite writes). Model only: the same model on batches of already prepared pixels, so the gap
@@ -19,11 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import CALTECH, command, commit, machine, write_section  # noqa: E402
-
-from lookalike import images  # noqa: E402
-from lookalike.models.embedder import Embedder  # noqa: E402
+from benchmarks.report import CALTECH, command, commit, machine, write_section
+from lookalike import images
+from lookalike.models.embedder import Embedder
 
 
 def end_to_end(photos: Path, model: str) -> tuple[int, float]:
@@ -58,13 +56,14 @@ def main() -> None:
     files, seconds = end_to_end(args.images, args.model)
     ceiling = model_only(args.images, args.model)
     rate = files / seconds
+    what = f"`lookalike index` end to end, {files:,} files of {args.images.name}, {args.model} fp32"
     body = f"""## Indexing speed (issue 2)
 
 `{command()}` at commit {commit()}, on {machine()}.
 
 | what | images/s | |
 |---|---|---|
-| `lookalike index` end to end, {files:,} files of {args.images.name}, {args.model} fp32 | **{rate:.0f}** | {seconds:.1f} s wall, including start-up |
+| {what} | **{rate:.0f}** | {seconds:.1f} s wall, including start-up |
 | model only, batches of 32 prepared images | {ceiling:.0f} | the ceiling |
 
 End to end reaches {rate / ceiling:.0%} of the model-only ceiling. Target: ≥ 150 images/s end to end.

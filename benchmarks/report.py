@@ -6,6 +6,7 @@ figures from different scripts (and days) live side by side, each with the machi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -32,15 +33,14 @@ def machine(packages: tuple[str, ...] = ("onnxruntime", "numpy", "pillow")) -> s
         pass
     versions = []
     for name in packages:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, " + ", ".join(versions)
 
 
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    module = Path(sys.argv[0]).resolve().relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+    return "python -m " + " ".join([module, *sys.argv[1:]])
 
 
 def commit() -> str:
