@@ -67,13 +67,18 @@ def is_candidate(path: Path) -> bool:
         return False
 
 
+def absolute(path: str | os.PathLike) -> Path:
+    """A path as an index stores it: absolute, with ~, . and .. folded, but symbolic links kept as named."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def discover(root: str | os.PathLike) -> Iterator[Path]:
     """Every image file under `root` (or `root` itself if it is a file), as absolute paths, sorted.
 
     Hidden files and folders are skipped and symbolic links to folders are not followed, so a walk always
     ends and never wanders outside the tree it was given.
     """
-    root = Path(root).expanduser().absolute()
+    root = absolute(root)
     if root.is_file():
         yield root
         return

@@ -121,7 +121,7 @@ class Index:
         files: list[Path] = []
         folders: list[str] = []
         for given in paths:
-            root = Path(given).expanduser().absolute()
+            root = images.absolute(given)
             if not root.exists():
                 raise NotAnImage(f"not found: {given}")
             if root.is_dir():
@@ -141,7 +141,7 @@ class Index:
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Drop these files from the index (the files themselves are never touched)."""
-        return self.store.remove(str(Path(p).expanduser().absolute()) for p in paths)
+        return self.store.remove(str(images.absolute(p)) for p in paths)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class Index:
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine") -> list[Hit]:
         """The k images closest to an already indexed image, itself left out."""
-        key = str(Path(path).expanduser().absolute())
+        key = str(images.absolute(path))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
