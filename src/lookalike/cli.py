@@ -88,15 +88,7 @@ def index(
     if model or input_size or mean or std:
         spec = resolve_spec(model, input_size=input_size, mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
     with Index.open(index, model=spec, create=True, threads=threads) as idx:
-        with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn(),
-                      console=err, disable=quiet, transient=False) as bar:
-            task = bar.add_task("indexing", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            summary = idx.add(photos, workers=workers, batch_size=batch_size, progress=progress,
-                              sync=not keep_missing)
+        summary = _add(idx, photos, quiet=quiet, workers=workers, batch_size=batch_size, sync=not keep_missing)
         total = len(idx)
     out.print(
         f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
@@ -107,6 +99,18 @@ def index(
         out.print(f"  failed: {path}: {reason}")
     if len(summary.failures) > 10:
         out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
+
+
+def _add(idx, paths: list[Path], *, quiet: bool, **options):
+    """Index.add with a progress bar (files done, images/s, time left) on stderr."""
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn(),
+                  console=err, disable=quiet, transient=False) as bar:
+        task = bar.add_task("indexing", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return idx.add(paths, progress=progress, **options)
 
 
 @app.command()
@@ -216,6 +220,91 @@ def info(
         out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
     if len(facts["failures"]) > failures:
         out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
+
+
+@app.command(name="eval")
+def eval_(
+    dataset: Annotated[Path, typer.Argument(help="A labelled folder dataset: one folder per class.",
+                                            show_default=False)],
+    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Evaluate this existing index (read "
+                                                  "only). Without it, DATASET.lookalike here is built or "
+                                                  "brought up to date.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="The model for a new index.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave this class out (repeat for more), e.g. "
+                                                         "BACKGROUND_Google as in the reference.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="P@k and recall@k.")] = 4,
+    group_regex: Annotated[Optional[str], typer.Option(help="Groups from file names instead of folders: a regex "
+                                                       "whose first group (or match) names the group, e.g. "
+                                                       "'^(\\d{4})'.")] = None,
+    pca: Annotated[str, typer.Option(help="PCA sweep dims, comma separated; 'none' to skip.")] =
+        ",".join(map(str, (1, 2, 3, 4, 5, 10, 20, 50, 75, 100, 150, 200))),
+    timing: Annotated[bool, typer.Option(help="Time one query per search method, and one image.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.md and plots into this folder.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Measure search quality on a labelled dataset (P@k, recall@k, mAP), the PCA sweep and query times."""
+    from lookalike.eval_report import summary_rows, write_report
+    from lookalike.evaluation import evaluate_index
+    from lookalike.index import Index
+
+    if not dataset.is_dir():
+        raise LookalikeError(f"dataset folder not found: {dataset}")
+    try:
+        dims = [] if pca.strip().lower() == "none" else [int(d) for d in pca.split(",") if d.strip()]
+    except ValueError:
+        raise LookalikeError(f"--pca takes dims like 10,50,150 or 'none', not {pca!r}") from None
+    built = None
+    if index is None:
+        index = Path(f"{dataset.resolve().name}.lookalike")
+        with Index.open(index, model=model, create=True) as idx:
+            built = _add(idx, [dataset], quiet=quiet)
+    with Index.open(index, model=model) as idx:
+        result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
+                                methods=timing)
+    if built is not None and built.indexed:
+        result.extraction_s, result.extraction_images = built.seconds, built.indexed + built.failed
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        table = Table(title=f"{dataset} with {result.model}", title_justify="left", box=None, pad_edge=False)
+        for column in ("figure", "lookalike", "reference"):
+            table.add_column(column, overflow="fold")
+        for row in summary_rows(result):
+            table.add_row(*row)
+        out.print(table)
+    if report is not None:
+        page = write_report(result, report)
+        (err if as_json else out).print(f"report written to {page}")
+
+
+@app.command(name="map")
+def map_(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("map.png"),
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    sample: Annotated[int, typer.Option(min=3, help="At most this many images, drawn at random.")] = 1000,
+    method: Annotated[str, typer.Option(help="tsne, or umap (needs umap-learn).")] = "tsne",
+    seed: Annotated[int, typer.Option(help="Seed for the sample and the layout.")] = 0,
+) -> None:
+    """A map of the collection: similar images end up near each other (PCA to 50 dims, then t-SNE)."""
+    import numpy as np
+
+    from lookalike.index import Index
+    from lookalike.viz import collection_map, layout_2d
+
+    if method not in ("tsne", "umap"):
+        raise LookalikeError(f"--method is tsne or umap, not {method!r}")
+    with Index.open(index) as idx:
+        ids, vectors = idx.vectors()
+        if len(ids) < 3:
+            raise LookalikeError(f"{index} holds {len(ids)} images; a map needs at least 3")
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:sample])
+        files = idx.store.files(ids[chosen])
+    paths = [files[int(i)][0] for i in ids[chosen]]
+    folders = [Path(p).parent.name for p in paths]
+    points = layout_2d(vectors[chosen], method=method, seed=seed)
+    collection_map(paths, points, out_file, labels=folders if len(set(folders)) > 1 else None)
+    out.print(f"map of {len(paths)} images written to {out_file}")
 
 
 def _fmt(values: list[float]) -> str:

@@ -1,10 +1,12 @@
-"""Pictures of results: the query beside its neighbours, each with its rank and score."""
+"""Pictures of results: a query beside its neighbours, rows of examples, and a map of a whole collection."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lookalike import images
@@ -12,35 +14,72 @@ from lookalike import images
 THUMB = 200
 PAD = 8
 CAPTION = 34
+GOOD, BAD, QUERY = (30, 150, 60), (210, 40, 40), (40, 90, 220)
+
+
+@dataclass
+class Tile:
+    """One picture on a sheet: the image (None: could not be read), two caption lines, a frame colour."""
+
+    image: Image.Image | None
+    line1: str
+    line2: str = ""
+    frame: tuple[int, int, int] | None = None
+
+
+def caption_name(path: str) -> str:
+    """folder/file: in a collection of folders, the file name alone is often ambiguous."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
 
 
 def result_grid(query: Image.Image | None, hits: Sequence, out: str | Path, *, columns: int = 6,
                 title: str = "query") -> Path:
     """Write a PNG: the query first (when given), then each hit with "#rank score" and its file name."""
-    tiles: list[tuple[Image.Image | None, str, str]] = []
-    if query is not None:
-        tiles.append((query, title, ""))
+    tiles = [Tile(query, title, frame=QUERY)] if query is not None else []
     for hit in hits:
-        decoded = images.load(hit.path, draft=(THUMB, THUMB))
-        tiles.append((decoded.image, f"#{hit.rank}  {hit.score:.3f}", Path(hit.path).name))
-    columns = max(1, min(columns, len(tiles)))
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * (THUMB + PAD) + PAD, rows * (THUMB + CAPTION + PAD) + PAD), "white")
+        tiles.append(Tile(_thumbnail(hit.path), f"#{hit.rank}  {hit.score:.3f}", caption_name(hit.path)))
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    return _save(_sheet(rows), out)
+
+
+def rows_grid(rows: Sequence[Sequence[Tile]], out: str | Path) -> Path:
+    """Write a PNG with one row of tiles per entry (e.g. a query and its neighbours, per class)."""
+    return _save(_sheet(rows), out)
+
+
+def tile_of(path: str, line1: str, line2: str = "", frame: tuple[int, int, int] | None = None) -> Tile:
+    return Tile(_thumbnail(path), line1, line2, frame)
+
+
+def _thumbnail(path: str | Path, size: int = THUMB) -> Image.Image | None:
+    decoded = images.load(path, draft=(size, size))
+    return None if decoded.image is None else ImageOps.contain(decoded.image, (size, size))
+
+
+def _sheet(rows: Sequence[Sequence[Tile]]) -> Image.Image:
+    columns = max((len(row) for row in rows), default=1) or 1
+    sheet = Image.new("RGB", (columns * (THUMB + PAD) + PAD, max(1, len(rows)) * (THUMB + CAPTION + PAD) + PAD),
+                      "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
-    for n, (image, line1, line2) in enumerate(tiles):
-        x = PAD + (n % columns) * (THUMB + PAD)
-        y = PAD + (n // columns) * (THUMB + CAPTION + PAD)
-        if image is None:
-            draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline="grey")
-            draw.text((x + 8, y + THUMB // 2), "cannot show", fill="grey", font=font)
-        else:
-            thumb = ImageOps.contain(image, (THUMB, THUMB))
-            sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
-        if query is not None and n == 0:
-            draw.rectangle((x - 3, y - 3, x + THUMB + 2, y + THUMB + 2), outline=(220, 40, 40), width=3)
-        draw.text((x, y + THUMB + 2), line1, fill="black", font=font)
-        draw.text((x, y + THUMB + 17), _fit(line2, draw, font), fill=(90, 90, 90), font=font)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            x, y = PAD + c * (THUMB + PAD), PAD + r * (THUMB + CAPTION + PAD)
+            if tile.image is None:
+                draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline="grey")
+                draw.text((x + 8, y + THUMB // 2), "cannot show", fill="grey", font=font)
+            else:
+                thumb = ImageOps.contain(tile.image, (THUMB, THUMB))
+                sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
+            if tile.frame is not None:
+                draw.rectangle((x - 3, y - 3, x + THUMB + 2, y + THUMB + 2), outline=tile.frame, width=3)
+            draw.text((x, y + THUMB + 2), _fit(tile.line1, draw, font), fill="black", font=font)
+            draw.text((x, y + THUMB + 17), _fit(tile.line2, draw, font), fill=(90, 90, 90), font=font)
+    return sheet
+
+
+def _save(sheet: Image.Image, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
@@ -51,3 +90,66 @@ def _fit(text: str, draw: ImageDraw.ImageDraw, font) -> str:
     while text and draw.textlength(text, font=font) > THUMB:
         text = text[:-2] + "…"
     return text
+
+
+# -- a map of the collection ---------------------------------------------------------------------------
+
+def layout_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """float32 [n, d] -> float64 [n, 2] in [0, 1]: PCA to 50 dims, then t-SNE (or UMAP), as the reference."""
+    from lookalike.search.pca import Projection
+
+    n = len(vectors)
+    if n < 3:
+        raise ValueError("a map needs at least 3 images")
+    reduced = Projection.fit(vectors, min(50, n, vectors.shape[1])).project(vectors)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError:
+            from lookalike.errors import LookalikeError
+
+            raise LookalikeError("--method umap needs umap-learn: pip install umap-learn") from None
+        points = umap.UMAP(n_components=2, random_state=seed).fit_transform(reduced)
+    else:
+        from sklearn.manifold import TSNE
+
+        points = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
+    points = points - points.min(axis=0)
+    return points / np.maximum(points.max(axis=0), 1e-12)
+
+
+def collection_map(paths: Sequence[str], points: np.ndarray, out: str | Path, *,
+                   labels: Sequence[str] | None = None, width: int = 3000, height: int = 2400,
+                   thumb: int = 56) -> Path:
+    """Paste each image's thumbnail at its 2-D position; with labels, frame each in its class's colour and
+    write a legend of the classes."""
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    names = sorted(set(labels)) if labels is not None else []
+    colours = _palette(len(names))
+    colour_of = dict(zip(names, colours, strict=True))
+    span = np.array([width - thumb - 4, height - thumb - 4])
+    for n, (path, point) in enumerate(zip(paths, points, strict=True)):
+        image = _thumbnail(path, thumb)
+        if image is None:
+            continue
+        x, y = (point * span + 2).astype(int)
+        if labels is not None:
+            draw.rectangle((x - 2, y - 2, x + image.width + 1, y + image.height + 1), fill=colour_of[labels[n]])
+        sheet.paste(image, (int(x), int(y)))
+    if names and len(names) <= 40:
+        font = ImageFont.load_default(size=22)
+        for i, name in enumerate(names):
+            x, y = 12 + (i // 20) * 260, 12 + (i % 20) * 28
+            draw.rectangle((x, y + 4, x + 18, y + 22), fill=colour_of[name])
+            draw.text((x + 26, y), name, fill="black", font=font)
+    return _save(sheet, out)
+
+
+def _palette(n: int) -> list[tuple[int, int, int]]:
+    """n distinct, saturated colours (matplotlib's tab20 and hsv maps)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"] if n <= 20 else colormaps["hsv"]
+    positions = range(n) if n <= 20 else np.linspace(0, 1, n, endpoint=False)
+    return [tuple(int(255 * c) for c in cmap(p)[:3]) for p in positions]

@@ -62,4 +62,4 @@ class Projection:
     @classmethod
     def load(cls, path: str | Path) -> Projection:
         with np.load(path) as data:
-            return cls(data["mean"], data["components"], data["scale"] if "scale" in data else None)
+            return cls(data["mean"], data["components"], data.get("scale"))

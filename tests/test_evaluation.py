@@ -1,0 +1,207 @@
+"""Metrics against hand-computed cases, and `lookalike eval` / `lookalike map` end to end with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.evaluation import (
+    average_precision,
+    evaluate_vectors,
+    folder_labels,
+    nearest,
+    neighbour_recall,
+    pca_sweep,
+    precision_at_k,
+    recall_at_k,
+    regex_labels,
+)
+from tests.conftest import run_cli
+
+
+def test_precision_at_k_averages_per_query_shares():
+    relevant = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    assert precision_at_k(relevant) == pytest.approx((0.5 + 0 + 1) / 3)
+    assert math.isnan(precision_at_k(np.zeros((0, 4), bool)))
+
+
+def test_recall_at_k_skips_queries_with_nothing_to_find():
+    relevant = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], bool)
+    assert recall_at_k(relevant, np.array([4, 0, 2])) == pytest.approx((2 / 4 + 0 / 2) / 2)
+    assert math.isnan(recall_at_k(relevant[:1], np.array([0])))
+
+
+def test_average_precision_by_hand():
+    ranked = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    ap = average_precision(ranked)
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert ap[1] == pytest.approx(1 / 2)
+    assert math.isnan(ap[2])
+
+
+def test_neighbour_recall_counts_shared_ids():
+    assert neighbour_recall(np.array([[1, 2, 3], [5, 6, 7]]), np.array([[3, 4, 1], [5, 6, 7]])) == pytest.approx(
+        (2 / 3 + 1) / 2)
+    assert math.isnan(neighbour_recall(np.zeros((0, 3)), np.zeros((0, 3))))
+
+
+def test_ties_go_to_the_image_stored_first():
+    # The query's two neighbours are identical; the one stored first has another label, so it ranks first.
+    vectors = np.array([[1, 0], [0, 1], [0, 1]], np.float32)
+    result = evaluate_vectors(vectors, ["x", "y", "x"], k=1)
+    # query 0: ranking [1 (y), 2 (x)] -> P@1 0, AP 1/2; query 1 (y): alone in its group; query 2: [1, 0]
+    ap = average_precision(np.array([[0, 1]], bool))[0]
+    assert ap == 0.5
+    assert result.p_at_k == pytest.approx(0.0)
+    assert result.map == pytest.approx(0.5)  # queries 0 and 2 only: y has no other image
+
+
+def test_a_group_of_one_counts_in_p_at_k_but_not_in_map_or_recall():
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    result = evaluate_vectors(vectors, ["a", "a", "lonely"], k=1)
+    assert result.p_at_k == pytest.approx(2 / 3)
+    assert result.map == pytest.approx(1.0)
+    assert result.recall_at_k == pytest.approx(1.0)
+    assert result.per_group == {"a": 1.0, "lonely": 0.0}
+    assert result.group_sizes == {"a": 2, "lonely": 1}
+
+
+def test_unlabelled_images_are_distractors_not_queries():
+    vectors = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8]], np.float32)
+    result = evaluate_vectors(vectors, ["a", None, "a"], k=1)
+    assert result.queries == 2 and result.images == 3
+    assert result.p_at_k == 0.0  # the distractor is each query's nearest
+    assert result.map == pytest.approx(0.5)
+    with pytest.raises(Exception, match="no image has a label"):
+        evaluate_vectors(vectors, [None, None, None])
+
+
+def test_nearest_matches_a_full_sort():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        got = nearest(x, 5, metric=metric, batch=64)
+        scores = x @ x.T if metric == "cosine" else -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(scores, -np.inf)
+        np.testing.assert_array_equal(got, np.argsort(-scores, axis=1)[:, :5])
+
+
+def test_pca_sweep_reaches_full_precision_with_enough_dims():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 32))
+    x = np.concatenate([c + 0.3 * rng.normal(size=(25, 32)) for c in centres]).astype(np.float32)
+    labels = [str(i // 25) for i in range(100)]
+    sweep = dict(pca_sweep(x, labels, (1, 3, 16, 500), k=4))
+    assert 500 not in sweep  # more dims than the data has are skipped
+    assert sweep[16] == pytest.approx(1.0)
+    assert sweep[1] < sweep[16]
+
+
+def test_labels_from_folders_and_regex(tmp_path):
+    paths = [str(tmp_path / "cats" / "a.jpg"), str(tmp_path / "dogs" / "x" / "b.jpg"), str(tmp_path / "c.jpg")]
+    assert folder_labels(paths, tmp_path) == ["cats", "dogs/x", ""]
+    assert regex_labels(["/p/0001_a.jpg", "/p/0001_b.jpg", "/p/other.jpg"], r"^(\d{4})_") == ["0001", "0001", None]
+    assert regex_labels(["/p/ab12.jpg"], r"\d+") == ["12"]
+    with pytest.raises(Exception, match="not a valid regular expression"):
+        regex_labels(paths, "(")
+
+
+# -- end to end -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def dataset(photo_dir, tiny_model, tmp_path):
+    index_path = tmp_path / "eval.lookalike"
+    result = run_cli("index", str(photo_dir), "--index", str(index_path), "--model", str(tiny_model), "-q")
+    assert result.returncode == 0, result.stderr
+    return photo_dir, index_path
+
+
+def test_eval_reports_metrics_pca_and_timings_as_json(dataset):
+    photos, index_path = dataset
+    result = run_cli("eval", str(photos), "--index", str(index_path), "-k", "2", "--pca", "2,4,8", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["images"], data["queries"], data["groups"], data["k"]) == (9, 9, 3, 2)
+    assert data["p_at_k"] >= 0.8 and data["map"] >= 0.8
+    assert [d for d, _ in data["pca"]] == [2, 4, 8]
+    names = [m["name"] for m in data["methods"]]
+    assert any(n.startswith("exact") for n in names) and any("HNSW" in n for n in names)
+    exact = next(m for m in data["methods"] if m["name"].startswith("exact, 16-d"))
+    assert exact["recall_at_10"] == 1.0 and exact["ms_per_query"] > 0
+    assert data["ms_per_image"] > 0
+    assert set(data["per_group"]) == {"disc", "stripes", "noise"}
+
+
+def test_eval_excludes_a_class_and_writes_a_report(dataset, tmp_path):
+    photos, index_path = dataset
+    report = tmp_path / "report"
+    result = run_cli("eval", str(photos), "--index", str(index_path), "--exclude", "noise", "-k", "2",
+                     "--pca", "none", "--no-timing", "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    assert "6 queries, 2 groups" in result.stdout
+    page = (report / "report.md").read_text()
+    assert "| P@2, query excluded (6 queries, 2 groups) |" in page
+    assert "![worst groups](worst.png)" in page
+    with Image.open(report / "worst.png") as grid:
+        assert grid.height > 200 and grid.width > 3 * 200  # 2 rows: a query and its 2 neighbours each
+
+
+def test_eval_builds_an_index_when_none_is_given(photo_dir, tiny_model, tmp_path):
+    result = run_cli("eval", str(photo_dir), "--model", str(tiny_model), "-k", "2", "--pca", "none", "--json",
+                     "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (tmp_path / "photos.lookalike").is_file()
+    assert data["extraction_images"] == 9 and data["extraction_s"] > 0
+
+
+def test_eval_with_groups_from_file_names(dataset):
+    photos, index_path = dataset
+    # disc0.jpg, disc1.png, ... -> groups by the trailing digit, across the three folders
+    result = run_cli("eval", str(photos), "--index", str(index_path), "--group-regex", r"(\d)\.", "-k", "1",
+                     "--pca", "none", "--no-timing", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["groups"] == 3 and set(data["per_group"]) == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing-folder"], "dataset folder not found"),
+    (["PHOTOS", "--pca", "ten"], "--pca takes dims"),
+    (["PHOTOS", "--group-regex", "("], "not a valid regular expression"),
+    (["PHOTOS", "--exclude", "disc", "--exclude", "stripes", "--exclude", "noise"], "holds no images below"),
+])
+def test_eval_bad_input_is_one_line(dataset, args, message):
+    photos, index_path = dataset
+    args = [str(photos) if a == "PHOTOS" else a for a in args]
+    result = run_cli("eval", *args, "--index", str(index_path), "--no-timing")
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_map_draws_every_sampled_image(dataset, tmp_path):
+    _, index_path = dataset
+    out = tmp_path / "map.png"
+    result = run_cli("map", "--index", str(index_path), "--out", str(out), "--sample", "6")
+    assert result.returncode == 0, result.stderr
+    assert "map of 6 images" in result.stdout
+    with Image.open(out) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert picture.size == (3000, 2400)
+    assert (pixels < 250).any(axis=2).mean() > 0.001  # thumbnails were pasted on the white canvas
+
+
+def test_map_needs_three_images_and_a_known_method(tmp_path, tiny_model, photo_dir):
+    index_path = tmp_path / "two.lookalike"
+    run_cli("index", str(photo_dir / "disc" / "disc0.jpg"), str(photo_dir / "disc" / "disc1.png"), "--index",
+            str(index_path), "--model", str(tiny_model), "-q")
+    result = run_cli("map", "--index", str(index_path), "--out", str(tmp_path / "m.png"))
+    assert result.returncode == 1 and "a map needs at least 3" in result.stderr
+    result = run_cli("map", "--index", str(index_path), "--method", "mds")
+    assert result.returncode == 1 and "--method is tsne or umap" in result.stderr
