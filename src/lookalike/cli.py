@@ -257,8 +257,10 @@ def eval_(
     built = None
     if index is None:
         index = Path(f"{dataset.resolve().name}.lookalike")
+        leave_out = set(exclude or ())
+        parts = [p for p in sorted(dataset.iterdir()) if p.name not in leave_out and not p.name.startswith(".")]
         with Index.open(index, model=model, create=True) as idx:
-            built = _add(idx, [dataset], quiet=quiet)
+            built = _add(idx, parts, quiet=quiet)
     with Index.open(index, model=model) as idx:
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
                                 methods=timing)
