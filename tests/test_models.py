@@ -10,7 +10,7 @@ import pytest
 
 from lookalike import Embedder, Index
 from lookalike.errors import ModelUnavailable
-from lookalike.models import embedder as embedder_module
+from lookalike.models import files as files_module
 from lookalike.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, resolve_spec, same_model
 from tests.conftest import build_tiny_model, picture
 
@@ -63,7 +63,7 @@ def test_hub_model_resolves_from_a_local_hub_cache_offline(tmp_path, monkeypatch
     fake_hub_cache(tmp_path / "hub", spec, fake)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
 
-    assert embedder_module.availability(spec).startswith("yes")
+    assert files_module.availability(spec).startswith("yes")
     embedder = Embedder.load("resnet50")
     vectors = embedder.embed_images([picture("disc"), picture("stripes")])
     assert vectors.shape == (2, 2048) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
@@ -80,7 +80,7 @@ def test_hub_model_offline_and_not_cached_fails_with_one_line_that_says_what_to_
     message = str(caught.value)
     assert "\n" not in message
     assert "not in the local Hub cache" in message and "lookalike models --fetch clip-vit-b32" in message
-    assert embedder_module.availability(MODELS["clip-vit-b32"]).startswith("no")
+    assert files_module.availability(MODELS["clip-vit-b32"]).startswith("no")
 
 
 def test_a_hub_file_with_the_wrong_dims_is_refused(tmp_path, monkeypatch):
@@ -107,4 +107,4 @@ def test_export_without_torch_says_how_to_install_it(monkeypatch):
     from lookalike.models.export import export_onnx
 
     with pytest.raises(ModelUnavailable, match=r"pip install torch==2\.13\.0"):
-        export_onnx(MODELS["efficientnet-lite1"], embedder_module.exported_path(MODELS["efficientnet-lite1"]))
+        export_onnx(MODELS["efficientnet-lite1"], files_module.exported_path(MODELS["efficientnet-lite1"]))

