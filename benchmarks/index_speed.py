@@ -39,8 +39,7 @@ def model_only(photos: Path, model: str, batch_size: int = 32, batches: int = 20
     embedder = Embedder.load(model)
     size = embedder.spec.input_size
     paths = sorted(photos.rglob("*.jpg"))[:: 97][:batch_size]
-    pixels = np.stack([embedder.prepare(images.load(p, draft=(size, size)).image) for p in paths])
-    inputs = embedder.normalise(pixels)
+    inputs = embedder.inputs(np.stack([embedder.prepare(images.load(p, draft=(size, size)).image) for p in paths]))
     embedder.run(inputs)  # warm-up
     started = time.perf_counter()
     for _ in range(batches):

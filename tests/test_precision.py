@@ -40,6 +40,18 @@ def test_int8_copy_is_built_once_cached_and_close_to_fp32(tiny_model, photo_dir)
     assert cosine.min() > 0.9
 
 
+def test_int8_takes_pixels_directly_when_every_channel_is_normalised_alike(tiny_model, photo_dir):
+    uniform = Embedder(resolve_spec(str(tiny_model), precision="int8", mean=(0.5,) * 3, std=(0.5,) * 3))
+    per_channel = Embedder(resolve_spec(str(tiny_model), precision="int8"))  # ImageNet mean/std
+    assert uniform.takes_pixels and not per_channel.takes_pixels
+    reference = Embedder(resolve_spec(str(tiny_model), mean=(0.5,) * 3, std=(0.5,) * 3))
+    assert not reference.takes_pixels
+    pixels = np.stack([reference.prepare(images.load(p).image) for p in sorted(photo_dir.rglob("*.*"))])
+    assert uniform.inputs(pixels).dtype == np.uint8
+    cosine = (reference.embed(pixels) * uniform.embed(pixels)).sum(axis=1)
+    assert cosine.min() > 0.9
+
+
 def test_index_records_its_precision_and_refuses_another(tiny_model, photo_dir, tmp_path):
     target = tmp_path / "int8.lookalike"
     result = run_cli("index", str(photo_dir), "--index", str(target), "--model", str(tiny_model),

@@ -1,8 +1,9 @@
 """Indexing: files -> decoded pixels -> vectors -> store, with decoding overlapped with inference.
 
-Decode threads read each file once, hash those bytes, decode (JPEG at reduced scale) and prepare the
-model's input; the calling thread batches the results, runs the model and writes each batch in one
-transaction. Pillow, NumPy and ONNX Runtime all release the GIL, so threads are enough.
+Decode threads read each file once, hash those bytes, decode (JPEG at reduced scale) and resize to the
+model's input; the calling thread batches the results and normalises them; an inference thread runs the
+model and writes each batch in one transaction, while the next batch is being put together.
+Pillow, NumPy and ONNX Runtime all release the GIL, so threads are enough.
 A file that cannot be read or decoded becomes a "failed" row with its reason; nothing aborts a run.
 """
 
@@ -107,27 +108,39 @@ def run(
     touched: list[tuple[str, int, int]] = []
     done = 0  # jobs taken off the queue, whatever their outcome
 
-    def flush() -> None:
-        nonlocal batch, failed
-        if batch:
-            vectors = embedder.embed(np.stack([item.pixels for item in batch]))
-            for item, vector in zip(batch, vectors, strict=True):
-                item.record.vector = vector
-        records = [item.record for item in batch] + failed
+    def embed_and_write(inputs: np.ndarray | None, records: list[FileRecord], n_failed: int,
+                        touches: list[tuple[str, int, int]], done_so_far: int) -> None:
+        """The inference stage, on its own thread: the model, then one transaction for the batch."""
+        if inputs is not None:
+            for record, vector in zip(records, embedder.embed_inputs(inputs), strict=False):
+                record.vector = vector
         if records:
             store.write(records)
-        if touched:
-            store.touch(touched)
-            touched.clear()
-        summary.indexed += len(batch)
-        summary.failed += len(failed)
-        summary.failures += [(r.path, r.error) for r in failed]
-        batch, failed = [], []
+        if touches:
+            store.touch(touches)
+        summary.indexed += len(records) - n_failed
+        summary.failed += n_failed
+        summary.failures += [(r.path, r.error) for r in records[len(records) - n_failed:]]
         if progress:
-            progress(done, len(jobs))
+            progress(done_so_far, len(jobs))
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode") as pool:
+    # Three stages overlap: decode threads read and decode files; this thread stacks and normalises a
+    # batch; the inference thread runs the model on the previous batch and writes it. At most one batch
+    # waits for the inference thread, so memory stays flat.
+    with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="lookalike-infer") as infer:
         pending: deque[Future[_Prepared]] = deque()
+        in_flight: deque[Future[None]] = deque()
+
+        def flush() -> None:
+            nonlocal batch, failed, touched
+            inputs = embedder.inputs(np.stack([item.pixels for item in batch])) if batch else None
+            records = [item.record for item in batch] + failed
+            while len(in_flight) > 1:
+                in_flight.popleft().result()
+            in_flight.append(infer.submit(embed_and_write, inputs, records, len(failed), touched, done))
+            batch, failed, touched = [], [], []
+
         queue = iter(jobs)
         window = max(2 * batch_size, 4 * workers)  # bounded read-ahead: memory stays flat on any folder
         try:
@@ -151,6 +164,8 @@ def run(
                 if len(batch) >= batch_size or len(failed) >= batch_size or len(touched) >= 4 * batch_size:
                     flush()
             flush()
+            while in_flight:
+                in_flight.popleft().result()
         finally:
             for future in pending:
                 future.cancel()

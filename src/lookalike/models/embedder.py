@@ -1,8 +1,7 @@
 """Embedder: pixels in, L2-normalised float32 vectors out, with ONNX Runtime.
 
 An Embedder owns one inference session and the preprocessing its model was trained with. `prepare()` is
-cheap and thread-safe (the pipeline calls it on decode threads); `embed()` normalises a whole batch and runs
-the graph on it.
+cheap and thread-safe (the pipeline calls it on decode threads); `embed()` runs the graph on a batch.
 """
 
 from __future__ import annotations
@@ -44,12 +43,15 @@ class Embedder:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelUnavailable(f"{path}: expected one image input [batch, 3, height, width]")
         self.input_name = inputs[0].name
+        # lookalike's own exports take uint8 [n, h, w, 3] and normalise inside the graph; other graphs take
+        # float32 [n, 3, h, w], normalised here with the spec's mean and std.
+        self.takes_pixels = inputs[0].type == "tensor(uint8)"
         outputs = [o.name for o in self.session.get_outputs()]
         if spec.output and spec.output not in outputs:
             raise ModelUnavailable(f"{path} has no output {spec.output!r} (it has {', '.join(outputs)})")
         self.output_name = spec.output or outputs[0]
         self.logits_name = "logits" if "logits" in outputs else None
-        height = inputs[0].shape[2]
+        height = inputs[0].shape[1 if self.takes_pixels else 2]
         if isinstance(height, int) and spec.input_size not in (0, height):
             raise ModelUnavailable(f"{path} takes {height}px input, not {spec.input_size}px: fix --input-size")
         if not spec.input_size:  # an ONNX file without --input-size: the graph's own size, else 224
@@ -59,7 +61,7 @@ class Embedder:
             raise ModelUnavailable(f"{path} gives {shape[1]}-d vectors, but {spec.name} should give {spec.dims}")
         self.spec = spec  # run() reads its pooling
         if not spec.dims:
-            probe = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
+            probe = self.inputs(np.zeros((1, spec.input_size, spec.input_size, 3), np.uint8))
             self.spec = spec = replace(spec, dims=int(self.run(probe).shape[1]))
         size = spec.input_size
         self.size = (size, size)
@@ -74,22 +76,28 @@ class Embedder:
         return self.spec.dims
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> uint8 [size, size, 3], resized (no crop) to the model's input.
+        """An RGB image -> uint8 [size, size, 3], resized (no crop) to the model's input size.
 
-        Runs on decode threads, so it does as little as it can: converting to float and normalising costs
-        ten times more per image than doing it for a whole batch at once in `normalise`.
+        Runs on decode threads, so it does as little as it can: normalising is left to `inputs`, for a
+        whole batch, or to the graph itself.
         """
         if image.size != self.size:
             image = image.resize(self.size, Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
 
-    def normalise(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [n, size, size, 3] from `prepare` -> the model's input, float32 [n, 3, size, size]."""
-        return model_input(batch, self.spec.mean, self.spec.std)
+    def inputs(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [n, size, size, 3] from `prepare` -> what the graph takes (the same, or normalised float32
+        [n, 3, size, size])."""
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        return batch if self.takes_pixels else model_input(batch, self.spec.mean, self.spec.std)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, size, size, 3] from `prepare` -> float32 [n, dims], each row of unit length."""
-        vectors = self.run(self.normalise(batch))
+        return self.embed_inputs(self.inputs(batch))
+
+    def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """What `inputs` made -> float32 [n, dims], each row of unit length."""
+        vectors = self.run(inputs)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -100,10 +108,10 @@ class Embedder:
         """uint8 [n, size, size, 3] -> ImageNet logits [n, 1000], for models exported with their classifier."""
         if self.logits_name is None:
             raise ModelUnavailable(f"{self.spec.name} has no classifier head")
-        return self.session.run([self.logits_name], {self.input_name: self.normalise(batch)})[0]
+        return self.session.run([self.logits_name], {self.input_name: self.inputs(batch)})[0]
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """The graph alone: float32 model inputs [n, 3, size, size] -> raw vectors [n, dims], not normalised."""
+        """The graph alone, on what `inputs` made -> raw vectors float32 [n, dims], not normalised."""
         out = np.asarray(self.session.run([self.output_name], {self.input_name: inputs})[0], np.float32)
         if out.ndim == 4:  # [n, c, h, w] feature maps: global average pooling
             return out.mean(axis=(2, 3))

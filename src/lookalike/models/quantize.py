@@ -64,10 +64,12 @@ def calibration_pixels(size: int, count: int = CALIBRATION_IMAGES, seed: int = C
 
 
 def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
-                   normalise: Callable[[np.ndarray], np.ndarray]) -> Path:
+                   normalise: Callable[[np.ndarray], np.ndarray], *, mean=None, std=None) -> Path:
     """Write an int8 QDQ copy of `fp32` to `target`, atomically. `normalise` turns uint8 NHWC pixels into
-    the model's float input, exactly as at inference."""
+    the model's float input, exactly as at inference. With `mean` and `std` the same for every channel, the
+    copy takes the pixels themselves (see `take_pixels`)."""
     try:
+        import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
@@ -92,5 +94,49 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        if mean is not None and std is not None:
+            model = onnx.load(str(quantized))
+            if take_pixels(model, mean, std):
+                onnx.save(model, str(quantized))
         os.replace(quantized, target)
     return target
+
+
+def take_pixels(model, mean, std) -> bool:
+    """Let a quantised graph take uint8 pixels [n, h, w, 3] as they come from the decoder.
+
+    A quantised graph starts by quantising its float input to uint8. When the normalisation is the same
+    for all channels, x = (p - 255 mean) / (255 std) is itself a dequantisation of the pixels p with scale
+    1 / (255 std) and zero point 255 mean, so the pixels can be the quantised input: the float conversion,
+    the normalisation and the quantisation all disappear (they cost a third of the inference time), and
+    ONNX Runtime cancels the transpose against the channels-last layout of its int8 convolutions. The zero
+    point must be a whole number: for mean 0.5 it is 128 instead of 127.5, a shift of half a grey level.
+    Returns False, leaving the model alone, where this does not apply.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if len(set(mean)) != 1 or len(set(std)) != 1:
+        return False
+    graph = model.graph
+    source = graph.input[0]
+    quantize = [n for n in graph.node if source.name in n.input and n.op_type == "QuantizeLinear"]
+    if len(quantize) != 1 or len([n for n in graph.node if source.name in n.input]) != 1:
+        return False
+    node = quantize[0]
+    initializers = {t.name: t for t in graph.initializer}
+    if node.input[1] not in initializers or len(node.input) < 3 or node.input[2] not in initializers:
+        return False
+    scale = np.array(1.0 / (255.0 * std[0]), np.float32)
+    zero_point = np.array(round(255.0 * mean[0]), np.uint8)
+    initializers[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
+    initializers[node.input[2]].CopyFrom(numpy_helper.from_array(zero_point, node.input[2]))
+    dims = source.type.tensor_type.shape.dim
+    batch, height, width = (d.dim_param or d.dim_value for d in (dims[0], dims[2], dims[3]))
+    transpose = helper.make_node("Transpose", [source.name], [node.output[0]], perm=[0, 3, 1, 2],
+                                 name=f"{source.name}_to_nchw")
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(position, transpose)
+    graph.input[0].CopyFrom(helper.make_tensor_value_info(source.name, TensorProto.UINT8,
+                                                          [batch, height, width, 3]))
+    return True
