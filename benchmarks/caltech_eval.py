@@ -21,34 +21,39 @@ from benchmarks.report import CALTECH, ROOT, command, commit, machine, write_sec
 from lookalike.eval_report import summary_rows
 from lookalike.evaluation import EvalResult, MethodResult
 from lookalike.models.embedder import Embedder
+from lookalike.models.registry import resolve_spec
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                        help="default: the model's own (int8 for the Lite models)")
     args = parser.parse_args()
-    Embedder.load(args.model)  # export once, outside the timing
+    spec = resolve_spec(args.model, precision=args.precision)
+    Embedder(spec)  # export and quantise once, outside the timing
+    label = f"{args.model}-{spec.precision}"
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [sys.executable, "-m", "lookalike", "eval", str(CALTECH), "--exclude", "BACKGROUND_Google",
-             "--model", args.model, "--json", "--report", f"{tmp}/report", "-q"],
+             "--model", args.model, "--precision", spec.precision, "--json", "--report", f"{tmp}/report", "-q"],
             cwd=tmp, capture_output=True, text=True, check=True)
         data = json.loads(result.stdout)
         images = ROOT / "docs" / "img"
         images.mkdir(parents=True, exist_ok=True)
         for name in ("pca", "query_time"):
-            shutil.copy(Path(tmp, "report", f"{name}.png"), images / f"eval-{args.model}-{name}.png")
+            shutil.copy(Path(tmp, "report", f"{name}.png"), images / f"eval-{label}-{name}.png")
     data.pop("reference")
     data["methods"] = [MethodResult(**m) for m in data["methods"]]
     data["pca"] = [tuple(p) for p in data["pca"]]
     evaluation = EvalResult(**data)
     rows = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(evaluation))
-    body = f"""## The reference table on Caltech101 (issue 3)
+    body = f"""## The reference table on Caltech101, {label} (issue 3)
 
 `{command()}` at commit {commit()}, on {machine(("onnxruntime", "numpy", "scikit-learn", "faiss-cpu", "annoy"))}.
 8,677 images in 101 classes (BACKGROUND_Google left out), every image a query, itself excluded.
 
-| figure | lookalike, {args.model} | reference, ResNet-50 |
+| figure | lookalike, {args.model} {spec.precision} | reference, ResNet-50 |
 |---|---|---|
 {rows}
 
@@ -57,11 +62,11 @@ PCA rows use the reference's protocol (euclidean on PCA coordinates fitted on th
 are medians over 200 queries on a warm process; recall@10 is against exact search at full dimension, so the
 PCA rows also show what the projection itself changes. The reference's times come from its own machine.
 
-![P@4 against PCA dims](img/eval-{args.model}-pca.png)
-![query time per method](img/eval-{args.model}-query_time.png)
+![P@4 against PCA dims](img/eval-{label}-pca.png)
+![query time per method](img/eval-{label}-query_time.png)
 """
     print(body)
-    write_section(f"caltech-eval-{args.model}", body)
+    write_section(f"caltech-eval-{label}", body)
 
 
 if __name__ == "__main__":
