@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,35 @@ PrecisionOption = Annotated[
                  "[default: int8 for the EfficientNet-Lite models, fp32 for others]. An index keeps the "
                  "precision it was built with.", show_default=False),
 ]
+
+
+class Ann(str, Enum):  # noqa: UP042 (typer needs a str Enum)
+    auto = "auto"
+    exact = "exact"
+    exact_f16 = "exact-f16"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+    annoy = "annoy"
+
+
+AnnOption = Annotated[
+    Optional[Ann],
+    typer.Option(help="The search engine: exact (float32) or exact-f16 (half the memory), hnsw (faiss graph), "
+                 "ivfpq (faiss, compressed, re-ranked), annoy; auto picks by size and --memory-budget "
+                 "[default: auto].", show_default=False),
+]
+
+
+def _bytes(text: str) -> int:
+    """'2GB', '512 MB', '1.5G', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise LookalikeError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}")
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise LookalikeError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}") from None
+    return int(number * 1000 ** " kmgt".index(match.group(2) or " "))
 
 
 class Metric(str, Enum):  # noqa: UP042 (typer needs a str Enum)
@@ -92,6 +122,14 @@ def index(
     threads: Annotated[Optional[int], typer.Option(help="Inference threads [default: one per core].")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per inference batch.")] = 32,
     keep_missing: Annotated[bool, typer.Option(help="Keep indexed files that are gone from disk.")] = False,
+    ann: AnnOption = None,
+    pca: Annotated[Optional[int], typer.Option(min=0, help="Search in this many PCA dims (fitted on the "
+                                               "collection; 0: full dims). Results are re-ranked on the full "
+                                               "vectors.", show_default=False)] = None,
+    whiten: Annotated[Optional[bool], typer.Option(help="Whiten the PCA dims.", show_default=False)] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="RAM the search structures may take, e.g. 2GB: "
+                                                         "--ann auto picks an engine that fits.",
+                                                         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Index folders of images: embed new and changed files, drop deleted ones. Safe to stop and re-run."""
@@ -103,12 +141,21 @@ def index(
         spec = resolve_spec(model, precision=precision and precision.value, input_size=input_size,
                             mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
     with Index.open(index, model=spec, create=True, threads=threads) as idx:
+        if ann is not None or pca is not None or whiten is not None or memory_budget is not None:
+            from dataclasses import replace
+
+            current = idx.searcher.settings
+            idx.configure(replace(
+                current, ann=ann.value if ann else current.ann, pca=current.pca if pca is None else pca,
+                whiten=current.whiten if whiten is None else whiten,
+                memory_budget=current.memory_budget if memory_budget is None else _bytes(memory_budget)))
         summary = _add(idx, photos, quiet=quiet, workers=workers, batch_size=batch_size, sync=not keep_missing)
         total = len(idx)
+        engine = idx.prepare_search()
     out.print(
         f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
         f"{summary.failed} failed in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s); "
-        f"{total} images in {index}"
+        f"{total} images in {index}, searched with {engine}"
     )
     for path, reason in summary.failures[:10]:
         out.print(f"  failed: {path}: {reason}")
@@ -139,6 +186,8 @@ def search(
                                            "between unit vectors, lower is closer. Both rank alike.")] = Metric.cosine,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of the query and its results here.")] = None,
+    ann: Annotated[Optional[Ann], typer.Option(help="Answer with this engine instead of the index's own.",
+                                               show_default=False)] = None,
 ) -> None:
     """Find the indexed images that look most like QUERY (or like the indexed image --id)."""
     from lookalike import images
@@ -148,20 +197,22 @@ def search(
         raise LookalikeError("give either a QUERY image or --id PATH (one of them)")
     with Index.open(index) as idx:
         if by_id is not None:
-            hits = idx.similar(by_id, k, metric=metric.value)
+            hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value)
             shown = by_id
         else:
-            hits = idx.search(query, k, metric=metric.value)
+            hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value)
             shown = query
         if as_json:
             print(json.dumps({"query": str(shown), "metric": metric.value, "model": idx.spec.name,
+                              "engine": hits.engine, "seconds": hits.seconds,
                               "results": [hit.__dict__ for hit in hits]}, indent=2))
         elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
             print(f"rank\t{metric.value}\tpath")
             for hit in hits:
                 print(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
         else:
-            table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False)
+            table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False,
+                          caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
             table.add_column("rank", justify="right")
             table.add_column(metric.value, justify="right")
             table.add_column("path", overflow="fold")
@@ -230,13 +281,53 @@ def info(
     out.print(f"  images   {facts['images']} indexed, {facts['failed']} failed")
     out.print(f"  model    {facts['model']}: {facts['dims']}-d, {facts['input_size']}px, {facts['precision']}, "
               f"mean {_fmt(facts['mean'])}, std {_fmt(facts['std'])}")
-    out.print(f"  search   {facts['search']} (cosine over all vectors)")
+    search_facts = facts["search"]
+    pca = f" on PCA-{search_facts['pca']}, re-ranked" if search_facts["pca"] else ""
+    out.print(f"  search   {search_facts['engine']}{pca}: {search_facts['reason']}")
     out.print(f"  folders  {', '.join(facts['roots']) or '-'}")
     out.print(f"  on disk  {facts['size_bytes'] / 1e6:.1f} MB")
     for failure in facts["failures"][:failures]:
         out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
     if len(facts["failures"]) > failures:
         out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
+
+
+@app.command()
+def neighbours(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write: .json or .csv.")],
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per image.")] = 10,
+    ann: Annotated[Optional[Ann], typer.Option(help="Use this engine instead of the index's own.",
+                                               show_default=False)] = None,
+) -> None:
+    """Every image's k nearest others (the "inverted index"), computed batch by batch, written as JSON or CSV."""
+    import csv
+
+    from lookalike.index import Index
+
+    kind = out_file.suffix.lower()
+    if kind not in (".json", ".csv"):
+        raise LookalikeError(f"--out must end in .json or .csv, not {out_file.name!r}")
+    partial = out_file.with_name(out_file.name + ".partial")
+    count = 0
+    with Index.open(index) as idx, open(partial, "w", newline="") as handle:
+        rows = idx.neighbours(k, ann=ann and ann.value)
+        if kind == ".csv":
+            writer = csv.writer(handle)
+            writer.writerow(["path", "rank", "neighbour", "cosine"])
+            for path, hits in rows:
+                writer.writerows([path, hit.rank, hit.path, f"{hit.score:.6f}"] for hit in hits)
+                count += 1
+        else:
+            handle.write("[")
+            for path, hits in rows:
+                item = {"path": path, "neighbours": [{"rank": h.rank, "path": h.path, "cosine": round(h.score, 6)}
+                                                     for h in hits]}
+                handle.write(("," if count else "") + "\n" + json.dumps(item))
+                count += 1
+            handle.write("\n]\n")
+    partial.replace(out_file)
+    out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 
 @app.command(name="eval")

@@ -245,7 +245,8 @@ def pca_sweep(vectors: np.ndarray, labels: Sequence[str | None], dims: Sequence[
 
 
 def compare_methods(vectors: np.ndarray, ids: np.ndarray, labels: Sequence[str | None], *, k: int = 4,
-                    queries: int = 200, pca_dims: int = 150, seed: int = 0) -> list[MethodResult]:
+                    queries: int = 200, pca_dims: int = 150, seed: int = 0,
+                    extra: Sequence[tuple[str, Callable]] = ()) -> list[MethodResult]:
     """Time one query at a time for each way lookalike can answer, with recall@10 against exact search."""
     from lookalike.search import ExactIndex
 
@@ -256,7 +257,7 @@ def compare_methods(vectors: np.ndarray, ids: np.ndarray, labels: Sequence[str |
     truth = exact.search(vectors[sample], 11)[1][:, 1:]  # drop the query itself (its own best match)
     label_of = dict(zip(ids.tolist(), codes.tolist(), strict=True))
     results = []
-    for name, build in _methods(vectors, ids, pca_dims):
+    for name, build in [*_methods(vectors, ids, pca_dims), *extra]:
         try:
             started = time.perf_counter()
             search = build()
@@ -300,13 +301,13 @@ def _methods(vectors: np.ndarray, ids: np.ndarray, pca_dims: int) -> list[tuple[
         return build
 
     def hnsw():
-        index = HNSWIndex(ids, vectors)
+        index = HNSWIndex.build(ids, vectors)
         return lambda v: index.search(v, 11)[1][0].tolist()
 
     return [
         (f"exact, {d}-d (numpy)", exact),
         (f"exact, PCA-{pca_dims}", reduced(ExactIndex)),
-        (f"annoy, 40 trees, PCA-{pca_dims}", reduced(AnnoyIndex)),
+        (f"annoy, 40 trees, PCA-{pca_dims}", reduced(AnnoyIndex.build)),
         (f"faiss HNSW32, {d}-d", hnsw),
     ]
 
@@ -334,9 +335,28 @@ def evaluate_index(index, root: str | Path, *, k: int = 4, exclude: Sequence[str
     if pca_dims:
         result.pca = pca_sweep(vectors, labels, pca_dims, k=k)
     if methods:
-        result.methods = compare_methods(vectors, ids, labels, k=k)
+        result.methods = compare_methods(vectors, ids, labels, k=k, extra=_own_engine(index, ids))
         result.ms_per_image = time_one_image(index.embed, paths)
     return result
+
+
+def _own_engine(index, ids: np.ndarray) -> list[tuple[str, Callable]]:
+    """The index's own engine, when it is not plain exact search, as one more method to compare."""
+    choice = index.searcher.choice()
+    if choice.engine == "exact" and index.searcher.settings.pca == 0:
+        return []
+    subset = set(ids.tolist())
+
+    def build():
+        index.prepare_search()
+
+        def search(vector: np.ndarray) -> list[int]:
+            answer = index.searcher.search(vector[None], 21).ids[0].tolist()
+            return [i for i in answer if i in subset][:11]  # images of excluded classes do not count
+        return search
+
+    pca = index.searcher.settings.pca
+    return [(f"this index: {choice.engine}" + (f" on PCA-{pca}" if pca else "") + ", re-ranked", build)]
 
 
 def time_one_image(embed: Callable[[str], np.ndarray], paths: Sequence[str], samples: int = 20) -> float:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from lookalike import images, pipeline
-from lookalike.errors import EmptyIndex, ModelMismatch, NotAnImage, NotIndexed
+from lookalike.errors import LookalikeError, ModelMismatch, NotAnImage, NotIndexed
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
-from lookalike.search import ExactIndex
+from lookalike.search.searcher import ENGINES, Searcher, SearchSettings
 from lookalike.store import Store
 
 DEFAULT_INDEX = "index.lookalike"
@@ -41,6 +42,15 @@ class Hit:
     height: int
 
 
+class Results(list):
+    """The hits of one search (a list of Hit), with the engine that answered and how long it took."""
+
+    def __init__(self, hits: list[Hit], engine: str, seconds: float):
+        super().__init__(hits)
+        self.engine = engine
+        self.seconds = seconds
+
+
 class Index:
     """An image index on disk. Cheap to open; the model loads on first use, the vectors on first search."""
 
@@ -48,8 +58,7 @@ class Index:
         self.store = store
         self.threads = threads
         self._embedder = embedder
-        self._exact: ExactIndex | None = None
-        self._exact_generation = -1
+        self.searcher = Searcher(store)
 
     @classmethod
     def open(
@@ -172,25 +181,51 @@ class Index:
         *,
         metric: str = "cosine",
         exclude: str | os.PathLike | None = None,
-    ) -> list[Hit]:
-        """The k indexed images closest to `query`: an image file, a PIL image, or a vector."""
+        ann: str | None = None,
+    ) -> Results:
+        """The k indexed images closest to `query`: an image file, a PIL image, or a vector. `ann` overrides
+        the index's engine for this search ("exact", "hnsw", "ivfpq", "annoy", "exact-f16", "auto")."""
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
-        exact = self._search_index()
+        if ann is not None and ann not in ENGINES:
+            raise LookalikeError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
+        started = time.perf_counter()
         vector = query if isinstance(query, np.ndarray) else self.embed(query)
-        skip = None
-        if exclude is not None:
-            skip = self._id_of(exclude)
-        scores, ids = exact.search(vector[None, :], k, exclude=None if skip is None else np.array([skip]))
-        return self._hits(scores[0], ids[0], metric)
+        skip = None if exclude is None else self._id_of(exclude)
+        answer = self.searcher.search(vector[None, :], k, ann=ann,
+                                      exclude=None if skip is None else np.array([skip]))
+        return Results(self._hits(answer.scores[0], answer.ids[0], metric), answer.engine,
+                       time.perf_counter() - started)
 
-    def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine") -> list[Hit]:
+    def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
+                ann: str | None = None) -> Results:
         """The k images closest to an already indexed image, itself left out."""
         key = str(images.absolute(path))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
-        return self.search(vector, k, metric=metric, exclude=key)
+        return self.search(vector, k, metric=metric, exclude=key, ann=ann)
+
+    def configure(self, settings: SearchSettings) -> None:
+        """Record how this index answers (kept in the index file) and build what that needs."""
+        settings.save(self.store)
+        self.searcher = Searcher(self.store, settings)
+
+    def prepare_search(self) -> str:
+        """Build or update the engine that will answer, so that the first query is fast; returns its name."""
+        if len(self) == 0:
+            return "exact"
+        engine = self.searcher.choice().engine
+        self.searcher.engine(engine)
+        return engine
+
+    def neighbours(self, k: int = 10, *, ann: str | None = None, batch: int = 1024):
+        """Every indexed image with its k nearest others (itself left out): yields (path, [Hit, ...]).
+        Computed a batch at a time with k-NN search, never as an n x n matrix."""
+        for ids, neighbour_ids, scores in self.searcher.neighbours(k, ann=ann, batch=batch):
+            files = self.store.files(np.unique(np.concatenate([ids, neighbour_ids.ravel()])))
+            for file_id, row_ids, row_scores in zip(ids, neighbour_ids, scores, strict=True):
+                yield files[int(file_id)][0], self._hits(row_scores, row_ids, "cosine", files)
 
     def info(self) -> dict:
         spec = self.spec
@@ -205,7 +240,7 @@ class Index:
             "mean": list(spec.mean),
             "std": list(spec.std),
             "precision": spec.precision,
-            "search": "exact",
+            "search": self.searcher.describe(),
             "roots": self.store.roots(),
             "size_bytes": sum(p.stat().st_size for p in self.path.parent.glob(f"{self.path.name}*") if p.is_file()),
             "failures": [{"path": p, "error": e} for p, e in self.store.failures()],
@@ -213,21 +248,12 @@ class Index:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _search_index(self) -> ExactIndex:
-        generation = self.store.generation
-        if self._exact is None or generation != self._exact_generation:
-            ids, vectors = self.store.vectors()
-            if len(ids) == 0:
-                raise EmptyIndex(f"{self.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
-            self._exact, self._exact_generation = ExactIndex(ids, vectors), generation
-        return self._exact
-
     def _id_of(self, path: str | os.PathLike) -> int | None:
         row = self.store.db.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
         return None if row is None else row[0]
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str) -> list[Hit]:
-        files = self.store.files(ids)
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str, files: dict | None = None) -> list[Hit]:
+        files = files if files is not None else self.store.files(ids)
         hits = []
         for score, file_id in zip(scores, ids, strict=True):
             if not np.isfinite(score) or int(file_id) not in files:

@@ -31,7 +31,7 @@ FORMAT_VERSION = "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -160,22 +160,28 @@ class Store:
         with self.transaction():
             for rec in records:
                 status = "ok" if rec.vector is not None else "failed"
+                # A changed file gets a new id (ids are never reused): derived indexes tell what changed
+                # from ids alone.
+                self.db.execute("DELETE FROM files WHERE path = ?", (rec.path,))
                 file_id = self.db.execute(
                     "INSERT INTO files (path, size, mtime_ns, sha256, width, height, status, error, indexed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                    " sha256 = excluded.sha256, width = excluded.width, height = excluded.height,"
-                    " status = excluded.status, error = excluded.error, indexed_at = excluded.indexed_at"
-                    " RETURNING id",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height, status,
                      rec.error or None, now),
                 ).fetchone()[0]
-                if rec.vector is None:
-                    self.db.execute("DELETE FROM vectors WHERE file_id = ?", (file_id,))
-                else:
+                if rec.vector is not None:
                     blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
                     self.db.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?)", (file_id, blob))
             self._bump()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def ids(self) -> np.ndarray:
+        """int64 [n]: the ids of every file with a vector, ascending."""
+        return np.array([row[0] for row in self.db.execute("SELECT file_id FROM vectors ORDER BY file_id")],
+                        dtype=np.int64)
 
     def touch(self, items: Iterable[tuple[str, int, int]]) -> None:
         """Record new (size, mtime) for files whose bytes did not change (same hash): no re-embedding."""

@@ -2,22 +2,30 @@
 
 For up to ~10^5 vectors this is as fast as any approximate index and never wrong, so it is the default.
 Vectors are unit length, so the inner product is the cosine similarity, and euclidean distance ranks
-the same way: ||a - b|| = sqrt(2 - 2 cos(a, b)).
+the same way: ||a - b|| = sqrt(2 - 2 cos(a, b)). `HalfExactIndex` keeps the vectors in float16 (faiss'
+scalar quantiser, still a full scan) for half the memory.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from lookalike.search.base import as_queries, faiss_answer, import_faiss
 
 
 class ExactIndex:
     """Brute-force k-NN over float32 [n, d] unit vectors, labelled by int64 ids."""
 
+    kind = "exact"
+
     def __init__(self, ids: np.ndarray, vectors: np.ndarray):
         if vectors.ndim != 2 or len(ids) != len(vectors):
             raise ValueError(f"ids [{len(ids)}] and vectors {vectors.shape} do not match")
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
+        self.dims = vectors.shape[1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -42,3 +50,56 @@ class ExactIndex:
         top_scores = np.take_along_axis(top_scores, order, axis=1)
         keep = np.isfinite(top_scores).any(axis=0)  # drop a column that only excluded vectors fell into
         return top_scores[:, keep], self.ids[top][:, keep]
+
+    def ids_held(self) -> np.ndarray:
+        return self.ids
+
+    def memory_bytes(self) -> int:
+        return self.vectors.nbytes + self.ids.nbytes
+
+
+class HalfExactIndex:
+    """A full scan over float16 copies of the vectors: half the memory of ExactIndex, scores to ~1e-3."""
+
+    kind = "exact-f16"
+
+    def __init__(self, dims: int):
+        faiss = import_faiss()
+        self.dims = dims
+        self.index = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dims, faiss.ScalarQuantizer.QT_fp16,
+                                                                  faiss.METRIC_INNER_PRODUCT))
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray) -> HalfExactIndex:
+        index = cls(vectors.shape[1])
+        index.add(ids, vectors)
+        return index
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        faiss = import_faiss()
+        self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, np.int64)))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss_answer(*self.index.search(as_queries(queries, self.dims), k))
+
+    def ids_held(self) -> np.ndarray:
+        return import_faiss().vector_to_array(self.index.id_map).astype(np.int64)
+
+    def memory_bytes(self) -> int:
+        return len(self) * (2 * self.dims + 8)
+
+    def save(self, folder: Path) -> None:
+        import_faiss().write_index(self.index, str(folder / "index.faiss"))
+
+    @classmethod
+    def load(cls, folder: Path) -> HalfExactIndex:
+        index = cls.__new__(cls)
+        index.index = import_faiss().read_index(str(folder / "index.faiss"))
+        index.dims = index.index.d
+        return index
