@@ -21,7 +21,7 @@ class HNSWIndex:
 
     kind = "hnsw"
 
-    def __init__(self, dims: int, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64):
+    def __init__(self, dims: int, *, m: int = 32, ef_construction: int = 200, ef_search: int = 128):
         faiss = import_faiss()
         self.dims = dims
         self.ef_search = ef_search
@@ -39,6 +39,11 @@ class HNSWIndex:
 
     def __len__(self) -> int:
         return int(len(self.ids) - self.dead.sum())
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """How many candidates a query keeps while walking the graph: more, better recall, slower."""
+        self.ef_search = ef_search
+        self.index.hnsw.efSearch = ef_search
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))

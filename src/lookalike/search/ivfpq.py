@@ -29,8 +29,7 @@ class IVFPQIndex:
     def __init__(self, index, nprobe: int):
         self.index = index
         self.dims = index.d
-        self.nprobe = nprobe
-        import_faiss().extract_index_ivf(index).nprobe = nprobe
+        self.set_nprobe(nprobe)
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, *, nlist: int | None = None, m: int | None = None,
@@ -44,12 +43,13 @@ class IVFPQIndex:
             raise LookalikeError(f"IVF-PQ needs at least {MIN_VECTORS} images to train on (have {n}): "
                                  "use --ann exact or hnsw")
         # faiss wants ~39 training points per centroid, for the cells and for the 2^nbits PQ codewords
-        nlist = nlist or int(min(65536, max(16, 4 * math.sqrt(n), 1)))
+        nlist = nlist or int(min(4096, max(16, 2 * math.sqrt(n))))
         nlist = min(nlist, max(1, min(n, train_size) // 39))
         nbits = int(min(8, math.floor(math.log2(max(2, min(n, train_size) / 39)))))
         m = m or default_m(dims)
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dims), dims, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
+        index.cp.niter = 10  # k-means converges enough for coarse cells; 25 would triple training time
         rng = np.random.default_rng(seed)
         sample = vectors if n <= train_size else vectors[np.sort(rng.choice(n, train_size, replace=False))]
         index.train(np.ascontiguousarray(sample, np.float32))
@@ -59,6 +59,11 @@ class IVFPQIndex:
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """How many cells a query scans: more, better recall, slower."""
+        self.nprobe = min(nprobe, self.index.nlist)
+        import_faiss().extract_index_ivf(self.index).nprobe = self.nprobe
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, chunk: int = 65536) -> None:
         ids = np.asarray(ids, np.int64)

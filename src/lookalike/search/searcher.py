@@ -265,19 +265,7 @@ class Searcher:
                                                         "search_s": time.perf_counter() - ready})
 
     def _rerank(self, queries: np.ndarray, shortlist: np.ndarray, k: int, exclude: np.ndarray | None):
-        """Order each row's candidates by exact cosine on the full vectors; keep the k best."""
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
-            candidates = candidates[candidates >= 0]
-            if exclude is not None:
-                candidates = candidates[candidates != exclude[row]]
-            rows = np.searchsorted(self.ids, candidates)
-            exact = np.asarray(self.vectors[rows]) @ query
-            order = np.argsort(-exact, kind="stable")[:k]
-            out_scores[row, : len(order)] = exact[order]
-            out_ids[row, : len(order)] = candidates[order]
-        return out_scores, out_ids
+        return rerank(queries, shortlist, self.ids, self.vectors, k, exclude)
 
     def neighbours(self, k: int, *, ann: str | None = None, batch: int = 1024):
         """Every indexed image's k nearest others, in batches: yields (ids int64 [b], neighbour ids int64
@@ -314,6 +302,26 @@ class Searcher:
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps({**self._read_state(), **state}))
         os.replace(partial, path)
+
+
+def rerank(queries: np.ndarray, shortlist: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
+           exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Order each query's candidate ids (int64 [m, c], -1 for none) by exact cosine on the full vectors
+    (float32 [n, d], ids int64 [n] ascending; a memory map is fine: only the candidates' rows are read) and
+    keep the k best: (float32 [m, k], int64 [m, k])."""
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_ids = np.full((len(queries), k), -1, np.int64)
+    for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
+        candidates = candidates[candidates >= 0]
+        if exclude is not None:
+            candidates = candidates[candidates != exclude[row]]
+        rows = np.searchsorted(ids, candidates)
+        exact = np.asarray(vectors[np.sort(rows)]) @ query  # sorted rows: sequential reads from a memory map
+        candidates = ids[np.sort(rows)]
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_scores[row, : len(order)] = exact[order]
+        out_ids[row, : len(order)] = candidates[order]
+    return out_scores, out_ids
 
 
 def _engine_class(kind: str):
