@@ -81,10 +81,12 @@ class Metric(str, Enum):  # noqa: UP042 (typer needs a str Enum)
 
 
 IndexPath = Annotated[
-    Path,
-    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", help="The index file.", show_default=True),
+    str,
+    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", show_default=True,
+                 help="The index: a .lookalike file, or Milvus: milvus://HOST:PORT/COLLECTION or a Milvus "
+                      "Lite file PATH.db."),
 ]
-DEFAULT_INDEX_PATH = Path("index.lookalike")
+DEFAULT_INDEX_PATH = "index.lookalike"
 
 
 def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
@@ -330,11 +332,39 @@ def neighbours(
     out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 
+@app.command(name="export")
+def export_(
+    to: Annotated[str, typer.Option("--to", help="The new index to copy into: a .lookalike file, "
+                                    "milvus://HOST:PORT/COLLECTION or a Milvus Lite PATH.db.", show_default=False)],
+    index: IndexPath = DEFAULT_INDEX_PATH,
+) -> None:
+    """Copy an index (every file record, vector and setting) into a new one, e.g. from the file to Milvus."""
+    _copy(index, to)
+
+
+@app.command(name="import")
+def import_(
+    source: Annotated[str, typer.Option("--from", help="The index to copy from (a .lookalike file or Milvus).",
+                                        show_default=False)],
+    index: IndexPath = DEFAULT_INDEX_PATH,
+) -> None:
+    """Copy another index (e.g. a Milvus collection) into a new index here: export's mirror image."""
+    _copy(source, index)
+
+
+def _copy(source: str, target: str) -> None:
+    from lookalike.index import Index
+
+    with Index.open(source) as idx:
+        copied = idx.copy_to(target)
+    out.print(f"{copied} files copied from {source} to {target}")
+
+
 @app.command(name="eval")
 def eval_(
     dataset: Annotated[Path, typer.Argument(help="A labelled folder dataset: one folder per class.",
                                             show_default=False)],
-    index: Annotated[Optional[Path], typer.Option("--index", "-i", help="Evaluate this existing index (read "
+    index: Annotated[Optional[str], typer.Option("--index", "-i", help="Evaluate this existing index (read "
                                                   "only). Without it, DATASET.lookalike here is built or "
                                                   "brought up to date.")] = None,
     model: Annotated[Optional[str], typer.Option(help="The model for a new index.")] = None,
@@ -367,7 +397,7 @@ def eval_(
     spec = resolve_spec(model, precision=precision and precision.value) if model or precision else None
     built = None
     if index is None:
-        index = Path(f"{dataset.resolve().name}.lookalike")
+        index = f"{dataset.resolve().name}.lookalike"
         leave_out = set(exclude or ())
         parts = [p for p in sorted(dataset.iterdir()) if p.name not in leave_out and not p.name.startswith(".")]
         with Index.open(index, model=spec, create=True) as idx:
@@ -461,6 +491,9 @@ def main() -> None:
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
+        if type(exc).__module__.startswith("pymilvus"):  # the server said no: its words, on one line
+            err.print(f"[red]error:[/red] Milvus: {str(exc).strip().splitlines()[0][:300]}", soft_wrap=True)
+            sys.exit(1)
         err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
                   "(a bug in lookalike: LOOKALIKE_DEBUG=1 shows the traceback)", soft_wrap=True)
         sys.exit(1)

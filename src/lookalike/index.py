@@ -42,6 +42,13 @@ class Hit:
     height: int
 
 
+def _store_kind(location: str):
+    """The store class for an --index value: Milvus for milvus:// and .db, else the SQLite file store."""
+    from lookalike.backends.milvus import MilvusStore, is_milvus
+
+    return MilvusStore if is_milvus(location) else Store
+
+
 class Results(list):
     """The hits of one search (a list of Hit), with the engine that answered and how long it took."""
 
@@ -58,7 +65,7 @@ class Index:
         self.store = store
         self.threads = threads
         self._embedder = embedder
-        self.searcher = Searcher(store)
+        self.searcher = store.searcher()
 
     @classmethod
     def open(
@@ -69,16 +76,18 @@ class Index:
         create: bool = False,
         threads: int | None = None,
     ) -> Index:
-        """Open the index at `path`. With `create`, make it if missing, for `model` (default: the default
+        """Open the index at `path`: a .lookalike file, or a Milvus collection (milvus://HOST:PORT/NAME, or a
+        Milvus Lite file PATH.db). With `create`, make it if missing, for `model` (default: the default
         model). With `model`, refuse an existing index built with another model."""
-        path = Path(path).expanduser()
+        path = str(path)
+        kind = _store_kind(path)
         requested = resolve_spec(model) if isinstance(model, str) else model
-        if create and not path.exists():
+        if create and not kind.exists(path):
             # Load the model first: it fills in the dims and input size of an ONNX file, and a model that
             # cannot load must not leave an empty index behind.
             embedder = Embedder(requested or resolve_spec(None), threads=threads)
-            return cls(Store.create(path, embedder.spec), threads=threads, embedder=embedder)
-        store = Store.open(path)
+            return cls(kind.create(path, embedder.spec), threads=threads, embedder=embedder)
+        store = kind.open(path)
         if requested is not None and not same_model(store.spec, requested):
             stored = store.spec
             store.close()
@@ -191,7 +200,7 @@ class Index:
             raise LookalikeError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
         started = time.perf_counter()
         vector = query if isinstance(query, np.ndarray) else self.embed(query)
-        skip = None if exclude is None else self._id_of(exclude)
+        skip = None if exclude is None else self.store.id_of(str(exclude))
         answer = self.searcher.search(vector[None, :], k, ann=ann,
                                       exclude=None if skip is None else np.array([skip]))
         return Results(self._hits(answer.scores[0], answer.ids[0], metric), answer.engine,
@@ -208,6 +217,9 @@ class Index:
 
     def configure(self, settings: SearchSettings) -> None:
         """Record how this index answers (kept in the index file) and build what that needs."""
+        if not isinstance(self.searcher, Searcher):
+            raise LookalikeError("--ann, --pca and --memory-budget apply to .lookalike indexes; "
+                                 "Milvus answers with its own HNSW index")
         settings.save(self.store)
         self.searcher = Searcher(self.store, settings)
 
@@ -242,15 +254,31 @@ class Index:
             "precision": spec.precision,
             "search": self.searcher.describe(),
             "roots": self.store.roots(),
-            "size_bytes": sum(p.stat().st_size for p in self.path.parent.glob(f"{self.path.name}*") if p.is_file()),
+            "size_bytes": self.store.size_bytes(),
             "failures": [{"path": p, "error": e} for p, e in self.store.failures()],
         }
 
-    # -- internals -----------------------------------------------------------------------------
+    def copy_to(self, location: str | os.PathLike) -> int:
+        """Copy every file record, vector and setting into a new index at `location` (a .lookalike file or
+        Milvus): how a collection moves between the embedded store and Milvus. Returns the files copied."""
+        kind = _store_kind(str(location))
+        if kind.exists(str(location)):
+            raise LookalikeError(f"{location} exists already: copy into a new index")
+        target = kind.create(str(location), self.spec)
+        try:
+            copied = 0
+            for records in self.store.records():
+                target.write(records)
+                copied += len(records)
+            for root in self.store.roots():
+                target.add_root(root)
+            if self.store.meta("search"):
+                target.set_meta("search", self.store.meta("search"))
+        finally:
+            target.close()
+        return copied
 
-    def _id_of(self, path: str | os.PathLike) -> int | None:
-        row = self.store.db.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
-        return None if row is None else row[0]
+    # -- internals -----------------------------------------------------------------------------
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str, files: dict | None = None) -> list[Hit]:
         files = files if files is not None else self.store.files(ids)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,10 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------
 
     @classmethod
+    def exists(cls, path: str | Path) -> bool:
+        return Path(path).expanduser().exists()
+
+    @classmethod
     def open(cls, path: str | Path) -> Store:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -120,6 +124,20 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def searcher(self):
+        """What answers queries over this store: the Searcher and its derived indexes (search/searcher.py)."""
+        from lookalike.search.searcher import Searcher
+
+        return Searcher(self)
+
+    def size_bytes(self) -> int:
+        """The index on disk: the SQLite file, its WAL, and the derived search cache."""
+        cache = Path(str(self.path) + "-cache")
+        files = [p for p in self.path.parent.glob(f"{self.path.name}*") if p.is_file()]
+        if cache.is_dir():
+            files += [p for p in cache.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files)
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -220,6 +238,26 @@ class Store:
             "SELECT v.vector FROM vectors v JOIN files f ON f.id = v.file_id WHERE f.path = ?", (path,)
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
+
+    def id_of(self, path: str) -> int | None:
+        row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else row[0]
+
+    def records(self, batch: int = 1000) -> Iterator[list[FileRecord]]:
+        """Every file, with its vector where it has one, a batch at a time (for export to another store)."""
+        last = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT f.id, f.path, f.size, f.mtime_ns, f.sha256, f.width, f.height, f.error, v.vector"
+                " FROM files f LEFT JOIN vectors v ON v.file_id = f.id WHERE f.id > ? ORDER BY f.id LIMIT ?",
+                (last, batch)).fetchall()
+            if not rows:
+                return
+            yield [FileRecord(path, size, mtime, sha, width or 0, height or 0,
+                              None if blob is None else np.frombuffer(blob, dtype="<f4").astype(np.float32),
+                              error or "")
+                   for _, path, size, mtime, sha, width, height, error, blob in rows]
+            last = rows[-1][0]
 
     def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
         """id -> (path, width, height) for these ids."""

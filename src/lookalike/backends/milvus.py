@@ -1,0 +1,386 @@
+"""The same index on Milvus, for collections beyond one machine: a store and a searcher over a collection.
+
+Where an index lives is named by `--index`:
+
+    milvus://HOST:PORT/COLLECTION     a Milvus server (a cluster's proxy, or `milvus-lite server`)
+    PATH.db  or  PATH.db#COLLECTION   a Milvus Lite file, embedded, started by pymilvus (default "lookalike")
+
+`MilvusStore` answers to the same methods as the SQLite `Store` (known, write, touch, remove, vectors,
+files, meta...), so the indexing pipeline, the Index API and the CLI run unchanged on it; `MilvusSearcher`
+lets Milvus answer queries (an HNSW index, inner product on unit vectors: the cosine). Metadata (the
+model spec, folders, generation) lives in a small second collection, `COLLECTION__meta`.
+
+Milvus has no multi-row transactions: a batch is deleted-then-inserted by path, so a crash can leave a
+batch half written; the next `lookalike index` run sees those files as new or changed and writes them again.
+A failed file is a row with status "failed" and a zero vector (Milvus wants a vector in every row);
+searches filter on status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from urllib.parse import urlparse
+
+import numpy as np
+
+from lookalike.errors import IndexNotFound, LookalikeError
+from lookalike.models.registry import ModelSpec
+from lookalike.store import FORMAT, FORMAT_VERSION, FileRecord, Known
+
+DEFAULT_COLLECTION = "lookalike"
+PATH_LENGTH = 4096
+FIELDS = ["id", "path", "size", "mtime_ns", "sha256", "width", "height", "status", "error"]
+
+
+def is_milvus(location: str) -> bool:
+    text = str(location)
+    return text.startswith("milvus://") or text.split("#", 1)[0].endswith(".db")
+
+
+def parse(location: str) -> tuple[str, str]:
+    """An --index value -> (pymilvus uri, collection name)."""
+    text = str(location)
+    if text.startswith("milvus://"):
+        parts = urlparse(text)
+        collection = parts.path.strip("/")
+        if not parts.hostname or not parts.port or not collection or "/" in collection:
+            raise LookalikeError(f"a Milvus index is milvus://HOST:PORT/COLLECTION, not {text!r}")
+        return f"http://{parts.hostname}:{parts.port}", collection
+    path, _, collection = text.partition("#")
+    return path, collection or DEFAULT_COLLECTION
+
+
+def _client(uri: str):
+    import logging
+
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise LookalikeError("Milvus indexes need pymilvus: pip install 'lookalike[milvus]'") from None
+    # pymilvus warns on every iterator over Milvus Lite, and Milvus Lite logs tracebacks for what we report
+    # in one line below.
+    for name in ["pymilvus", "milvus_lite", *logging.root.manager.loggerDict]:
+        if name.startswith(("pymilvus", "milvus_lite")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        return MilvusClient(uri=uri, timeout=10)
+    except Exception as exc:
+        if not uri.startswith("http"):
+            raise LookalikeError(f"cannot open the Milvus Lite file {uri}: another process is probably using it "
+                                 "(a Milvus Lite file serves one process at a time; `milvus-lite server` shares "
+                                 "one)") from None
+        raise LookalikeError(f"cannot reach Milvus at {uri}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _quoted(text: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(text)
+
+
+class MilvusStore:
+    """A lookalike index in a Milvus collection: the Store interface (see store.py) on pymilvus."""
+
+    def __init__(self, location: str, client, collection: str):
+        self.path = location  # shown to people, as a file index shows its path
+        self.client = client
+        self.collection = collection
+        self.meta_collection = f"{collection}__meta"
+
+    # -- opening -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        uri, collection = parse(location)
+        if not uri.startswith("http") and not _file_exists(uri):
+            return False
+        client = _client(uri)
+        try:
+            return client.has_collection(f"{collection}__meta")
+        finally:
+            client.close()
+
+    @classmethod
+    def open(cls, location: str) -> MilvusStore:
+        uri, collection = parse(location)
+        if not uri.startswith("http") and not _file_exists(uri):
+            raise IndexNotFound(f"no index at {location}: build one with "
+                                f"`lookalike index PHOTOS_DIR --index {location}`")
+        client = _client(uri)
+        store = cls(location, client, collection)
+        if not client.has_collection(store.meta_collection):
+            client.close()
+            raise IndexNotFound(f"{location} holds no lookalike index (collection {collection!r})")
+        client.load_collection(store.meta_collection)
+        if store.meta("format") != FORMAT or not client.has_collection(collection):
+            client.close()
+            raise IndexNotFound(f"{location} holds no lookalike index (collection {collection!r})")
+        client.load_collection(store.collection)
+        return store
+
+    @classmethod
+    def create(cls, location: str, spec: ModelSpec) -> MilvusStore:
+        from pymilvus import DataType
+
+        uri, collection = parse(location)
+        client = _client(uri)
+        store = cls(location, client, collection)
+        if client.has_collection(collection) or client.has_collection(store.meta_collection):
+            client.close()
+            raise LookalikeError(f"Milvus collection {collection!r} already exists at {uri}: choose another name")
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_LENGTH)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("mtime_ns", DataType.INT64)
+        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("width", DataType.INT64)
+        schema.add_field("height", DataType.INT64)
+        schema.add_field("status", DataType.VARCHAR, max_length=16)
+        schema.add_field("error", DataType.VARCHAR, max_length=1024)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dims)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="IP",
+                        params={"M": 32, "efConstruction": 200})
+        client.create_collection(collection, schema=schema, index_params=index)
+        meta = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        meta.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+        meta.add_field("value", DataType.VARCHAR, max_length=65535)
+        meta.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
+        meta_index = client.prepare_index_params()
+        meta_index.add_index(field_name="unused", index_type="FLAT", metric_type="L2")
+        client.create_collection(store.meta_collection, schema=meta, index_params=meta_index)
+        for key, value in {"model": spec.to_json(), "generation": "0", "next_id": "1", "roots": "[]",
+                           "created_at": str(time.time()), "format_version": FORMAT_VERSION,
+                           "format": FORMAT}.items():  # format last: a store without it is not one
+            store.set_meta(key, value)
+        return store
+
+    def close(self) -> None:
+        self.client.close()
+
+    def searcher(self) -> MilvusSearcher:
+        return MilvusSearcher(self)
+
+    # -- metadata --------------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        rows = self.client.query(self.meta_collection, filter=f"key == {_quoted(key)}", output_fields=["value"])
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.client.upsert(self.meta_collection, [{"key": key, "value": value, "unused": [0.0, 0.0]}])
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_json(self.meta("model"))
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation") or 0)
+
+    def _bump(self) -> None:
+        self.set_meta("generation", str(self.generation + 1))
+
+    def _new_ids(self, count: int) -> np.ndarray:
+        first = int(self.meta("next_id") or 1)
+        self.set_meta("next_id", str(first + count))
+        return np.arange(first, first + count, dtype=np.int64)
+
+    # -- files -----------------------------------------------------------------------------------------
+
+    def _scan(self, filter: str, fields: list[str]) -> Iterator[dict]:
+        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter=filter,
+                                              output_fields=fields)
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
+    def known(self, under: str | None = None) -> dict[str, Known]:
+        filter = "" if under is None else f"path like {_quoted(under.rstrip('/') + '/%')}"
+        return {row["path"]: Known(row["size"], row["mtime_ns"], row["sha256"] or None, row["status"])
+                for row in self._scan(filter, ["path", "size", "mtime_ns", "sha256", "status"])}
+
+    def write(self, records: Sequence[FileRecord]) -> None:
+        if not records:
+            return
+        self._delete_paths([r.path for r in records])
+        ids = self._new_ids(len(records))
+        zero = [0.0] * self.spec.dims
+        rows = [{"id": int(file_id), "path": r.path, "size": r.size, "mtime_ns": r.mtime_ns,
+                 "sha256": r.sha256 or "", "width": r.width, "height": r.height,
+                 "status": "ok" if r.vector is not None else "failed", "error": (r.error or "")[:1000],
+                 "vector": zero if r.vector is None else np.asarray(r.vector, np.float32).tolist()}
+                for file_id, r in zip(ids, records, strict=True)]
+        self.client.insert(self.collection, rows)
+        self._bump()
+
+    def touch(self, items: Iterable[tuple[str, int, int]]) -> None:
+        updates = {path: (size, mtime) for path, size, mtime in items}
+        if not updates:
+            return
+        rows = self.client.query(self.collection, filter=f"path in {json.dumps(list(updates))}",
+                                 output_fields=[*FIELDS, "vector"])
+        for row in rows:
+            row["size"], row["mtime_ns"] = updates[row["path"]]
+        self.client.upsert(self.collection, rows)
+
+    def remove(self, paths: Iterable[str]) -> int:
+        removed = self._delete_paths(list(paths))
+        if removed:
+            self._bump()
+        return removed
+
+    def _delete_paths(self, paths: list[str]) -> int:
+        removed = 0
+        for start in range(0, len(paths), 500):
+            chunk = paths[start:start + 500]
+            result = self.client.delete(self.collection, filter=f"path in {json.dumps(chunk)}")
+            removed += result.get("delete_count", 0) if isinstance(result, dict) else len(result or [])
+        return removed
+
+    def add_root(self, path: str) -> None:
+        roots = self.roots()
+        if path not in roots:
+            self.set_meta("roots", json.dumps(sorted([*roots, path])))
+
+    def roots(self) -> list[str]:
+        return json.loads(self.meta("roots") or "[]")
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = sorted(((row["id"], row["vector"]) for row in self._scan('status == "ok"', ["id", "vector"])),
+                      key=lambda row: row[0])
+        ids = np.array([row[0] for row in rows], np.int64)
+        vectors = np.array([row[1] for row in rows], np.float32).reshape(len(rows), self.spec.dims)
+        return ids, vectors
+
+    def ids(self) -> np.ndarray:
+        return np.sort(np.array([row["id"] for row in self._scan('status == "ok"', ["id"])], np.int64))
+
+    def vector_of(self, path: str) -> np.ndarray | None:
+        rows = self.client.query(self.collection, filter=f'path == {_quoted(path)} and status == "ok"',
+                                 output_fields=["vector"])
+        return np.asarray(rows[0]["vector"], np.float32) if rows else None
+
+    def id_of(self, path: str) -> int | None:
+        rows = self.client.query(self.collection, filter=f"path == {_quoted(path)}", output_fields=["id"])
+        return int(rows[0]["id"]) if rows else None
+
+    def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+        ids = [int(i) for i in ids if int(i) >= 0]
+        if not ids:
+            return {}
+        rows = self.client.get(self.collection, ids=ids, output_fields=["path", "width", "height"])
+        return {int(row["id"]): (row["path"], row["width"], row["height"]) for row in rows}
+
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "failed": 0}
+        for status in counts:
+            rows = self.client.query(self.collection, filter=f"status == {_quoted(status)}",
+                                     output_fields=["count(*)"])
+            counts[status] = int(rows[0]["count(*)"]) if rows else 0
+        return counts
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        rows = sorted((row["path"], row["error"]) for row in self._scan('status == "failed"', ["path", "error"]))
+        return rows if limit is None else rows[:limit]
+
+    def records(self, batch: int = 1000) -> Iterator[list[FileRecord]]:
+        chunk: list[FileRecord] = []
+        for row in self._scan("", [*FIELDS, "vector"]):
+            vector = np.asarray(row["vector"], np.float32) if row["status"] == "ok" else None
+            chunk.append(FileRecord(row["path"], row["size"], row["mtime_ns"], row["sha256"] or None,
+                                    row["width"], row["height"], vector, row["error"] or ""))
+            if len(chunk) == batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def size_bytes(self) -> int:
+        uri, _ = parse(self.path)
+        return _file_size(uri)
+
+
+class MilvusSearcher:
+    """Milvus answers: its HNSW index, inner product on unit vectors (the cosine similarity)."""
+
+    def __init__(self, store: MilvusStore):
+        from lookalike.search.searcher import SearchSettings
+
+        self.store = store
+        self.settings = SearchSettings()
+
+    def refresh(self) -> None:
+        pass
+
+    def choice(self, ann: str | None = None):
+        from lookalike.search.searcher import Choice
+
+        if ann not in (None, "auto"):
+            raise LookalikeError(f"on Milvus, Milvus' own HNSW index answers: drop --ann {ann}")
+        return Choice("milvus", "the index lives in Milvus (HNSW, inner product)")
+
+    def engine(self, kind: str):
+        return None
+
+    def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
+               exclude: np.ndarray | None = None):
+        from lookalike.errors import EmptyIndex
+        from lookalike.search.searcher import Answer
+
+        self.choice(ann)
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        started = time.perf_counter()
+        wanted = k + (1 if exclude is not None else 0)
+        results = self.store.client.search(self.store.collection, data=queries.tolist(), limit=wanted,
+                                           filter='status == "ok"', output_fields=["id"],
+                                           search_params={"metric_type": "IP", "params": {"ef": max(64, wanted)}})
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for row, hits in enumerate(results):
+            kept = [h for h in hits if exclude is None or int(h["id"]) != int(exclude[row])][:k]
+            scores[row, : len(kept)] = [h["distance"] for h in kept]
+            ids[row, : len(kept)] = [int(h["id"]) for h in kept]
+        if len(results) and not any(len(h) for h in results) and not self.store.counts()["ok"]:
+            raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
+        return Answer(scores, ids, "milvus", {"search_s": time.perf_counter() - started})
+
+    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 256):
+        ids, vectors = self.store.vectors()
+        for start in range(0, len(ids), batch):
+            answer = self.search(vectors[start:start + batch], k, ann=ann, exclude=ids[start:start + batch])
+            yield ids[start:start + batch], answer.ids, answer.scores
+
+    def describe(self) -> dict:
+        choice = self.choice()
+        return {"engine": choice.engine, "reason": choice.reason, "settings": asdict(self.settings), "pca": None,
+                "vectors": self.store.counts()["ok"]}
+
+
+def _file_exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).expanduser().exists()
+
+
+def _file_size(path: str) -> int:
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_file():
+        return target.stat().st_size
+    if target.is_dir():
+        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    return 0
