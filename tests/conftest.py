@@ -50,6 +50,32 @@ def build_tiny_model(path: Path, *, size: int | str = 64, dims: int = 16, seed: 
     return path
 
 
+def build_thumbnail_model(path: Path, *, size: int = 64, cells: int = 8) -> Path:
+    """A tiny ONNX model whose "embedding" is the image's own thumbnail (cells x cells x 3), centred: two
+    images are close when they look alike at a glance. Near copies (resized, re-compressed, brightened)
+    stay close; different pictures do not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pool = size // cells
+    nodes = [
+        helper.make_node("AveragePool", ["pixels"], ["thumb"], kernel_shape=[pool, pool], strides=[pool, pool]),
+        helper.make_node("ReduceMean", ["thumb"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Sub", ["thumb", "mean"], ["centred"]),
+        helper.make_node("Flatten", ["centred"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "thumbnail",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3 * cells * cells])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory, monkeypatch):
     """Exported models go to a per-session cache, and nothing may reach the Hugging Face Hub."""
@@ -61,6 +87,11 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def thumbnail_model(tmp_path_factory) -> Path:
+    return build_thumbnail_model(tmp_path_factory.mktemp("model") / "thumbnail.onnx")
 
 
 def picture(kind: str, seed: int = 0, size: tuple[int, int] = (96, 72)) -> Image.Image:

@@ -332,6 +332,77 @@ def neighbours(
     out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 
+@app.command()
+def dupes(
+    target: Annotated[Optional[str], typer.Argument(help="A folder (indexed first, into --index) or an index.",
+                                                    show_default=False)] = None,
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine from which two images are the same "
+                                             "photo on embeddings alone; from 0.80 a close pHash also counts.")]
+        = 0.93,
+    exact_only: Annotated[bool, typer.Option(help="Only identical files and identical pixels.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every cluster member here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write index.html with pictures of every cluster.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move the duplicates (not the one to keep) into this "
+                                                    "quarantine folder, with a manifest to undo it.")] = None,
+    undo: Annotated[Optional[Path], typer.Option(help="Move back every file of this manifest.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Find identical and near-identical images, suggest which to keep; optionally move the others aside."""
+    from lookalike import quarantine
+    from lookalike.dupes import find
+    from lookalike.dupes_report import as_dict, evidence, write_csv, write_html
+    from lookalike.index import Index
+
+    if undo is not None:
+        restored, skipped = quarantine.undo(undo)
+        out.print(f"{len(restored)} files moved back from quarantine")
+        for path, reason in skipped:
+            out.print(f"  not restored: {path}: {reason}")
+        if skipped:
+            raise typer.Exit(1)
+        return
+    if target is None:
+        raise LookalikeError("give a folder or an index to look for duplicates in (or --undo MANIFEST)")
+    folder = Path(target).expanduser()
+    under = None
+    if folder.is_dir():
+        with Index.open(index, create=True) as idx:
+            _add(idx, [folder], quiet=quiet)
+        from lookalike.images import absolute
+
+        under = str(absolute(folder))
+    else:
+        index = target
+    with Index.open(index) as idx:
+        findings = find(idx, under=under, threshold=threshold, exact_only=exact_only)
+        if as_json:
+            print(json.dumps(as_dict(findings), indent=2))
+        else:
+            duplicates = sum(len(c.others) for c in findings.clusters)
+            out.print(f"{len(findings.clusters)} clusters, {duplicates} duplicates among {findings.scanned:,} "
+                      f"images ({findings.seconds:.1f} s)")
+            for n, cluster in enumerate(findings.clusters, 1):
+                out.print(f"[bold]{n}.[/bold] {cluster.kind}: keep {_shorter(cluster.keep.path)} "
+                          f"([green]{cluster.reason}[/green])")
+                for member in cluster.others:
+                    out.print(f"     {_shorter(member.path)}  {evidence(cluster, member.id)}")
+        if csv_file is not None:
+            write_csv(findings, csv_file)
+        if report is not None:
+            page = write_html(findings, report)
+            (err if as_json else out).print(f"report written to {page}")
+        if move_to is not None:
+            files = [(m.path, m.sha256) for c in findings.clusters for m in c.others]
+            manifest, moved, skipped = quarantine.move(files, move_to, idx.store.roots())
+            idx.store.remove([m.source for m in moved])
+            (err if as_json else out).print(f"{len(moved)} duplicates moved to {move_to}; undo with "
+                                            f"`lookalike dupes --undo {manifest}`")
+            for path, reason in skipped:
+                (err if as_json else out).print(f"  not moved: {path}: {reason}")
+
+
 @app.command(name="export")
 def export_(
     to: Annotated[str, typer.Option("--to", help="The new index to copy into: a .lookalike file, "

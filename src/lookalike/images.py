@@ -22,6 +22,9 @@ MAX_PIXELS = 144_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ORIENTATION_TAG = 0x0112
 
+# A folder holding this file is a quarantine of moved duplicates (quarantine.py): never indexed.
+QUARANTINE_MARKER = ".lookalike-quarantine"
+
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
     ".heic", ".heif", ".avif",
@@ -75,14 +78,17 @@ def absolute(path: str | os.PathLike) -> Path:
 def discover(root: str | os.PathLike) -> Iterator[Path]:
     """Every image file under `root` (or `root` itself if it is a file), as absolute paths, sorted.
 
-    Hidden files and folders are skipped and symbolic links to folders are not followed, so a walk always
-    ends and never wanders outside the tree it was given.
+    Hidden files and folders are skipped, and so are quarantine folders of moved duplicates; symbolic links to
+    folders are not followed, so a walk always ends and never wanders outside the tree it was given.
     """
     root = absolute(root)
     if root.is_file():
         yield root
         return
     for folder, dirs, files in os.walk(root):
+        if QUARANTINE_MARKER in files:
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):

@@ -239,6 +239,11 @@ class Store:
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
 
+    def details(self) -> dict[int, tuple[str, int, int, int, int, str | None]]:
+        """id -> (path, width, height, size, mtime_ns, sha256) of every file, failed ones included."""
+        rows = self.db.execute("SELECT id, path, width, height, size, mtime_ns, sha256 FROM files")
+        return {row[0]: (row[1], row[2] or 0, row[3] or 0, row[4], row[5], row[6]) for row in rows}
+
     def id_of(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
         return None if row is None else row[0]

@@ -273,6 +273,10 @@ class MilvusStore:
                                  output_fields=["vector"])
         return np.asarray(rows[0]["vector"], np.float32) if rows else None
 
+    def details(self) -> dict[int, tuple[str, int, int, int, int, str | None]]:
+        return {int(r["id"]): (r["path"], r["width"], r["height"], r["size"], r["mtime_ns"], r["sha256"] or None)
+                for r in self._scan("", ["id", "path", "width", "height", "size", "mtime_ns", "sha256"])}
+
     def id_of(self, path: str) -> int | None:
         rows = self.client.query(self.collection, filter=f"path == {_quoted(path)}", output_fields=["id"])
         return int(rows[0]["id"]) if rows else None
