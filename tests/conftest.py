@@ -76,12 +76,17 @@ def build_thumbnail_model(path: Path, *, size: int = 64, cells: int = 8) -> Path
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory, monkeypatch):
-    """Exported models go to a per-session cache, and nothing may reach the Hugging Face Hub."""
-    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("LOOKALIKE_INDEX", raising=False)
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    """Exported models go to a per-session cache (module fixtures and subprocesses too), and nothing may
+    reach the Hugging Face Hub."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LOOKALIKE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.delenv("LOOKALIKE_INDEX", raising=False)
+    patch.delenv("LOOKALIKE_TOKEN", raising=False)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -338,8 +338,8 @@ def dupes(
                                                     show_default=False)] = None,
     index: IndexPath = DEFAULT_INDEX_PATH,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine from which two images are the same "
-                                             "photo on embeddings alone; from 0.80 a close pHash also counts.")]
-        = 0.93,
+                                             "photo on embeddings alone; from 0.70 a close pHash also counts.")]
+        = 0.90,
     exact_only: Annotated[bool, typer.Option(help="Only identical files and identical pixels.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every cluster member here.")] = None,
@@ -401,6 +401,28 @@ def dupes(
                                             f"`lookalike dupes --undo {manifest}`")
             for path, reason in skipped:
                 (err if as_json else out).print(f"  not moved: {path}: {reason}")
+
+
+@app.command()
+def serve(
+    index: IndexPath = DEFAULT_INDEX_PATH,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network.")] =
+        "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="LOOKALIKE_TOKEN", help="Require this bearer token on "
+                                                 "every API call.", show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload accepted, in MB.")] = 20.0,
+) -> None:
+    """A REST API (OpenAPI at /docs) and a web page for searching the index by image."""
+    try:
+        import uvicorn
+
+        from lookalike.server.app import create_app
+    except ImportError:
+        raise LookalikeError("serving needs FastAPI and uvicorn: pip install 'lookalike[serve]'") from None
+    app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
+    err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @app.command(name="export")

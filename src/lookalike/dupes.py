@@ -28,9 +28,9 @@ import numpy as np
 
 from lookalike import images
 
-DEFAULT_THRESHOLD = 0.93  # cosine at or above which embeddings alone say "the same photo"
-HASH_FLOOR = 0.80  # cosine from which a close perceptual hash also says so
-HASH_DISTANCE = 10  # pHash Hamming distance (of 64 bits) that counts as close
+DEFAULT_THRESHOLD = 0.90  # cosine at or above which embeddings alone say "the same photo"
+HASH_FLOOR = 0.70  # cosine from which a close perceptual hash also says so (resized copies go this low)
+HASH_DISTANCE = 8  # pHash Hamming distance (of 64 bits) that counts as close
 NEIGHBOURS = 10
 EXACT_LIMIT = 20_000  # candidate search: exact up to here, IVF on PCA-256 beyond
 
@@ -98,7 +98,7 @@ def candidate_pairs(vectors: np.ndarray, k: int = NEIGHBOURS, floor: float = HAS
         rows, scores = _exact_neighbours(vectors, k, batch)
     else:
         rows, scores = _ivf_neighbours(vectors, k)
-    a = np.repeat(np.arange(n), k)
+    a = np.repeat(np.arange(n), rows.shape[1])
     b, cosine = rows.ravel(), scores.ravel()
     keep = (b >= 0) & (cosine >= floor) & (a != b)
     a, b, cosine = a[keep], b[keep], cosine[keep]
