@@ -2,9 +2,9 @@
 
     app = create_app("photos.lookalike")      # then: uvicorn.run(app, host="127.0.0.1", port=8000)
 
-The model and the index load once, at start-up. Requests run on FastAPI's thread pool: decoding and the
-model run concurrently (ONNX Runtime sessions are thread-safe); the index (one SQLite connection) is used
-under a lock, for the millisecond a search takes. Files are only ever served by id, for ids in the index:
+The model and the index load once, at start-up. Requests run on FastAPI's thread pool: they decode their
+uploads concurrently, share model calls through a batcher (batcher.py), and use the index (one SQLite
+connection) under a lock, for the millisecond a search takes. Files are only ever served by id, for ids in the index:
 no request names a path. Every error is a 4xx with a JSON body {"error": "..."}.
 """
 
@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lookalike import images
 from lookalike.index import Index
 from lookalike.search.searcher import ENGINES
+from lookalike.server.batcher import EmbeddingBatcher
 
 PAGE = Path(__file__).with_name("page.html")
 THUMB = 256
@@ -58,7 +60,8 @@ class Service:
         self.roots = sorted(index.store.roots(), key=len, reverse=True)
         self.thumbs: OrderedDict[int, bytes] = OrderedDict()
         self.thumb_folder = getattr(index.searcher, "folder", None)
-        self.index.embedder  # noqa: B018 (load the model now, not on the first request)
+        self.batcher = EmbeddingBatcher(index.embedder)  # loads the model now, not on the first request
+        self.workers = anyio.CapacityLimiter(4)
         with self.lock:
             if len(index):
                 index.prepare_search()
@@ -122,6 +125,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     @asynccontextmanager
     async def lifespan(_):
         yield
+        service.batcher.close()
         index.close()
 
     app = FastAPI(title="lookalike", summary="Reverse image search over a folder of photos",
@@ -169,27 +173,33 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
                 "max_upload_bytes": max_upload}
 
     @app.post("/search", dependencies=api, summary="The indexed images that look most like an uploaded one")
-    def search(file: Annotated[UploadFile | None, File(description="The query image")] = None,
-               k: Annotated[int, Query(ge=1, le=200)] = 24,
-               metric: Metric = Metric.cosine,
-               ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None
-               ) -> dict:
+    async def search(file: Annotated[UploadFile | None, File(description="The query image")] = None,
+                     k: Annotated[int, Query(ge=1, le=200)] = 24,
+                     metric: Metric = Metric.cosine,
+                     ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None
+                     ) -> dict:
         if file is None:
             raise ApiError(400, "no file: send the image as multipart form field 'file'")
-        data = file.file.read(max_upload + 1)
+        data = await file.read(max_upload + 1)
         if len(data) > max_upload:
             raise ApiError(413, f"the image is larger than the limit of {max_upload:,} bytes")
         if not data:
             raise ApiError(400, "the file is empty")
-        size = index.spec.input_size
-        decoded = images.decode(data, draft=(size, size))
-        if decoded.image is None:
-            status = 413 if decoded.error.startswith("too large") else 400
-            raise ApiError(status, f"not a usable image: {decoded.error}")
-        vector = index.embedder.embed_images([decoded.image])[0]
-        with service.lock:
-            hits = index.search(vector, k, metric=metric.value, ann=ann.value if ann else None)
-        return {"engine": hits.engine, "results": service.results(hits)}
+
+        def work() -> dict:
+            size = index.spec.input_size
+            decoded = images.decode(data, draft=(size, size))
+            if decoded.image is None:
+                status = 413 if decoded.error.startswith("too large") else 400
+                raise ApiError(status, f"not a usable image: {decoded.error}")
+            vector = service.batcher.embed(index.embedder.prepare(images.to_rgb(decoded.image)))
+            with service.lock:
+                hits = index.search(vector, k, metric=metric.value, ann=ann.value if ann else None)
+            return {"engine": hits.engine, "results": service.results(hits)}
+
+        # A few threads at a time: hundreds of waiting requests queue on the event loop, cheaply, instead of
+        # forty threads fighting over two cores and the GIL.
+        return await anyio.to_thread.run_sync(work, limiter=service.workers)
 
     @app.get("/similar/{file_id}", dependencies=api, summary="The neighbours of an indexed image")
     def similar(file_id: int, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine) -> dict:
