@@ -92,7 +92,8 @@ def bomb() -> bytes:
     (lambda: b"", 400, "the file is empty"),
     (lambda: b"just some text, not an image", 400, "not a usable image"),
     (lambda: png_bytes(picture("disc"))[:200], 400, "not a usable image"),
-    (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000, 413, "larger than the limit"),
+    (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 230_000, 413, "larger than the limit"),  # read, then refused
+    (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 3_000_000, 413, "larger than the limit"),  # refused unread
     (bomb, 413, "too large"),
 ])
 def test_bad_uploads_are_4xx_json_errors(served, make, status, message):

@@ -142,6 +142,15 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
 
     api = [Depends(authorised)]
 
+    @app.middleware("http")
+    async def refuse_huge_bodies(request: Request, call_next):
+        """An upload that announces more than the limit is refused before a byte of it is read or spooled."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_upload + 64 * 1024:  # room for the multipart framing
+            return JSONResponse({"error": f"the image is larger than the limit of {max_upload:,} bytes"},
+                                status_code=413)
+        return await call_next(request)
+
     @app.exception_handler(ApiError)
     async def api_error(_, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
