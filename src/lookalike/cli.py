@@ -441,13 +441,16 @@ def train(
     val: Annotated[float, typer.Option(help="Share of each class held out for validation.")] = 0.2,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="P@k of the held-out evaluation.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Leave this class folder out (repeat for more).")]
+        = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress.")] = False,
 ) -> None:
     """Train an embedding head on top of a frozen model for a new domain, and export both as one model."""
     from lookalike.train import TrainSettings
     from lookalike.train import train as run_training
 
-    settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, k=k, seed=seed)
+    settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, k=k, seed=seed,
+                             exclude=tuple(exclude or ()))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[note]}"), console=err, disable=quiet, transient=False) as bar:
         features = bar.add_task("base features", total=None, note="")

@@ -46,6 +46,7 @@ class TrainSettings:
     patience: int = 15
     seed: int = 0
     k: int = 10  # P@k of the held-out evaluation
+    exclude: tuple[str, ...] = ()  # class folders left out (e.g. Caltech101's BACKGROUND_Google)
 
 
 @dataclass
@@ -75,21 +76,28 @@ def _torch():
 
 # -- data ----------------------------------------------------------------------------------------------------
 
-def base_features(dataset: Path, base: ModelSpec, progress: Callable[[int, int], None] | None = None):
+def base_features(dataset: Path, base: ModelSpec, progress: Callable[[int, int], None] | None = None,
+                  exclude: tuple[str, ...] = ()):
     """(paths, labels, unit features float32 [n, d], failures, seconds embedding): from an index in the user cache
-    that is built once per dataset folder and base model, and brought up to date on later runs."""
+    that is built once per dataset folder and base model, and brought up to date on later runs. Classes in
+    `exclude` are neither embedded nor returned."""
     from lookalike.index import Index
     from lookalike.models.files import cache_dir
 
     key = hashlib.sha256(f"{dataset} {json.dumps(base.fingerprint(), sort_keys=True)}".encode()).hexdigest()[:16]
     path = cache_dir() / "features" / f"{dataset.name}-{key}.lookalike"
+    parts = [p for p in sorted(dataset.iterdir()) if p.name not in exclude and not p.name.startswith(".")]
     with Index.open(path, model=base, create=True) as index:
-        summary = index.add([dataset], progress=progress)
+        summary = index.add(parts, progress=progress)
         ids, vectors = index.vectors()
         files = index.store.files(ids)
         failures = index.store.failures()
     paths = [files[int(i)][0] for i in ids]
-    return paths, folder_labels(paths, dataset), vectors, failures, summary.seconds
+    labels = folder_labels(paths, dataset)
+    keep = np.array([label.split("/")[0] not in exclude for label in labels], bool)
+    return ([p for p, k in zip(paths, keep, strict=True) if k], [lab for lab, k in zip(labels, keep, strict=True) if k],
+            vectors[keep], [(p, e) for p, e in failures if Path(p).relative_to(dataset).parts[0] not in exclude],
+            summary.seconds)
 
 
 def split(labels: list[str], val: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,12 +273,14 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
     if not dataset.is_dir():
         raise LookalikeError(f"dataset folder not found: {dataset}")
     _torch()
-    empty = [p.name for p in sorted(dataset.iterdir()) if p.is_dir() and not any(p.iterdir())]
+    empty = [p.name for p in sorted(dataset.iterdir())
+             if p.is_dir() and p.name not in settings.exclude and not any(p.iterdir())]
     from lookalike.models.embedder import Embedder
 
     base = Embedder(resolve_spec(settings.base, precision="fp32")).spec  # with the dims an ONNX file has
     started = time.perf_counter()
-    paths, labels, features, failures, feature_seconds = base_features(dataset, base, feature_progress)
+    paths, labels, features, failures, feature_seconds = base_features(dataset, base, feature_progress,
+                                                                       tuple(settings.exclude))
     classes = sorted({label for label in labels if label})
     if len(classes) < 2:
         raise LookalikeError(f"{dataset} has {len(classes)} class folder(s) with images: training needs at least 2 "
