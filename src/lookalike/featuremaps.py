@@ -2,8 +2,8 @@
 reference showed the five blocks of VGG16), read from intermediate outputs of the ONNX graph.
 
 The main blocks are found in the graph itself: the last convolution at each spatial resolution, i.e. the
-end of each stage before the network halves the resolution. Those tensors become extra outputs of an
-in-memory copy of the fp32 graph. Needs the onnx package (the export extra).
+end of each stage before the network halves the resolution. Convolution outputs become extra outputs of an
+in-memory copy of the fp32 graph, which runs once. Needs the onnx package (the export extra).
 """
 
 from __future__ import annotations
@@ -26,20 +26,18 @@ class Block:
     maps: np.ndarray  # float32 [channels, height, width]
 
 
-def block_outputs(model) -> list[str]:
-    """Names of the last convolution output at each spatial resolution, from the input to the output."""
-    import onnx
+def conv_outputs(model) -> list[str]:
+    """Every convolution's output tensor, in graph order."""
+    return [node.output[0] for node in model.graph.node if node.op_type == "Conv"]
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[2].dim_value:
-            shapes[info.name] = dims[2].dim_value
-    last_at: dict[int, str] = {}
-    for node in inferred.graph.node:
-        if node.op_type == "Conv" and node.output[0] in shapes:
-            last_at[shapes[node.output[0]]] = node.output[0]
+
+def main_blocks(names: list[str], maps: list[np.ndarray]) -> list[Block]:
+    """The last convolution output at each spatial resolution, from the input towards the output. Shapes are
+    read from the tensors themselves: graphs exported with computed padding leave them unknown statically."""
+    last_at: dict[int, Block] = {}
+    for name, value in zip(names, maps, strict=True):
+        if value.ndim == 4:
+            last_at[value.shape[2]] = Block(name, np.asarray(value[0], np.float32))
     return [last_at[size] for size in sorted(last_at, reverse=True)]
 
 
@@ -53,16 +51,15 @@ def feature_maps(path: str | Path, model: str | ModelSpec = "efficientnet-lite0"
     spec = model if isinstance(model, ModelSpec) else resolve_spec(model)
     spec = replace(spec, precision="fp32")  # an int8 graph's inner tensors are quantised
     embedder = Embedder(spec)
+    picture = load_all([path], embedder.spec.input_size)[0]
     graph = onnx.load(str(model_file(spec)))
-    names = block_outputs(graph)
+    names = conv_outputs(graph)
     if not names:
         raise LookalikeError(f"{spec.name} has no convolutional feature maps to show")
     graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    picture = load_all([path], embedder.spec.input_size)[0]
     inputs = embedder.inputs(embedder.prepare(picture)[None])
-    outputs = session.run(names, {embedder.input_name: inputs})
-    return [Block(name, np.asarray(maps[0], np.float32)) for name, maps in zip(names, outputs, strict=True)]
+    return main_blocks(names, session.run(names, {embedder.input_name: inputs}))
 
 
 def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list[Path]:
