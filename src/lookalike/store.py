@@ -75,7 +75,26 @@ class Known:
     status: str
 
 
-class Store:
+class IndexStore:
+    """What every store answers to (this SQLite one, and backends/milvus.py): the indexing pipeline, Index
+    and Searcher use only these methods. Subclasses provide meta(), set_meta() and the file methods:
+    known, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, details, files, counts,
+    failures, records, size_bytes, searcher, close."""
+
+    def meta(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_json(self.meta("model"))
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write: caches derived from the store compare it to know they are stale."""
+        return int(self.meta("generation") or 0)
+
+
+class Store(IndexStore):
     """An index file. Open existing ones with `Store.open`, make new ones with `Store.create`."""
 
     def __init__(self, path: Path, connection: sqlite3.Connection):
@@ -147,15 +166,6 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec.from_json(self.meta("model"))
-
-    @property
-    def generation(self) -> int:
-        """Bumped by every write: caches derived from the store compare it to know they are stale."""
-        return int(self.meta("generation") or 0)
 
     def _bump(self) -> None:
         self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")

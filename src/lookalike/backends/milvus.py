@@ -28,7 +28,7 @@ import numpy as np
 
 from lookalike.errors import IndexNotFound, LookalikeError
 from lookalike.models.registry import ModelSpec
-from lookalike.store import FORMAT, FORMAT_VERSION, FileRecord, Known
+from lookalike.store import FORMAT, FORMAT_VERSION, FileRecord, IndexStore, Known
 
 DEFAULT_COLLECTION = "lookalike"
 PATH_LENGTH = 4096
@@ -85,7 +85,7 @@ def _quoted(text: str) -> str:
     return json.dumps(text)
 
 
-class MilvusStore:
+class MilvusStore(IndexStore):
     """A lookalike index in a Milvus collection: the Store interface (see store.py) on pymilvus."""
 
     def __init__(self, location: str, client, collection: str):
@@ -177,14 +177,6 @@ class MilvusStore:
 
     def set_meta(self, key: str, value: str) -> None:
         self.client.upsert(self.meta_collection, [{"key": key, "value": value, "unused": [0.0, 0.0]}])
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec.from_json(self.meta("model"))
-
-    @property
-    def generation(self) -> int:
-        return int(self.meta("generation") or 0)
 
     def _bump(self) -> None:
         self.set_meta("generation", str(self.generation + 1))
