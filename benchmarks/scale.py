@@ -167,12 +167,12 @@ def main() -> None:
             shortlist = engine.search(query_batch, SHORTLIST)[1]
             return rerank(query_batch, shortlist, ids, vectors, K)[1]
 
-        def with_pca(projection, engine_search):
-            return lambda engine, batch: engine_search(engine, projection, np.atleast_2d(batch))
-
-        def pca_reranked(engine, projection, batch):
-            shortlist = engine.search(projection.transform(batch), SHORTLIST)[1]
+        def pca_reranked(engine, projection, batch, length=SHORTLIST):
+            shortlist = engine.search(projection.transform(batch), length)[1]
             return rerank(batch, shortlist, ids, vectors, K)[1]
+
+        def with_shortlist(projection, length):
+            return lambda engine, batch: pca_reranked(engine, projection, np.atleast_2d(batch), length)
 
         rows.append(measure(
             "exact, float32 (numpy)", lambda: ExactIndex(ids, vectors),
@@ -187,11 +187,11 @@ def main() -> None:
         hnsw = HNSWIndex.build(ids, np.concatenate([projection.transform(vectors[s:s + 100_000])
                                                     for s in range(0, n, 100_000)]))
         hnsw_build_s = time.perf_counter() - started
-        for ef in (128, 256):
+        for ef, length in ((128, SHORTLIST), (256, SHORTLIST), (256, 50), (384, 50)):
             hnsw.set_ef_search(ef)
+            search = with_shortlist(projection, length)
             rows.append(measure(
-                f"HNSW32 on PCA-256, efSearch {ef}, re-ranked", None,
-                with_pca(projection, pca_reranked), with_pca(projection, pca_reranked), truth, queries, n,
+                f"HNSW32 on PCA-256, efSearch {ef}, {length} re-ranked", None, search, search, truth, queries, n,
                 engine=hnsw))
             rows[-1]["build_s"] = hnsw_build_s
         del hnsw
