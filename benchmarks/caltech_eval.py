@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.report import CALTECH, ROOT, command, commit, machine, write_section
-from lookalike.eval_report import summary_rows
-from lookalike.evaluation import EvalResult, MethodResult
+from lookalike.evaluation.protocol import EvalResult, MethodResult
+from lookalike.evaluation.report import summary_rows
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import resolve_spec
 

@@ -142,7 +142,7 @@ def lookalike_clusters(folder: Path, precision: str, workdir: Path) -> tuple[lis
 def phash_clusters(folder: Path, max_distance: int = 10) -> tuple[list[set[str]], float]:
     import imagehash
 
-    from lookalike.dupes import Member, Pair, clusters_of
+    from lookalike.dupes.find import Member, Pair, clusters_of
 
     started = time.perf_counter()
     names = sorted(p.name for p in folder.iterdir())
@@ -160,7 +160,7 @@ def timing(n: int, real_file: Path) -> dict:
     """Candidate search and clustering on n vectors drawn around real embeddings (synthetic beyond the real
     ones, as in benchmarks/scale.py), in a process of its own: seconds and peak RSS."""
     from benchmarks.scale import synthesise
-    from lookalike.dupes import DEFAULT_THRESHOLD, Member, Pair, candidate_pairs, clusters_of
+    from lookalike.dupes.find import DEFAULT_THRESHOLD, Member, Pair, candidate_pairs, clusters_of
 
     real = np.load(real_file)
     rng = np.random.default_rng(0)

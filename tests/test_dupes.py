@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from lookalike import Index
-from lookalike.dupes import Member, Pair, candidate_pairs, choose_keeper, clusters_of, hash_distance
+from lookalike.dupes.find import Member, Pair, candidate_pairs, choose_keeper, clusters_of, hash_distance
 from tests.conftest import CALTECH, run_cli
 
 THUMBNAIL = ["--mean", "0.5", "--std", "0.5"]

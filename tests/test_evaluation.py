@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.evaluation import (
+from lookalike.evaluation.metrics import (
     average_precision,
-    evaluate_vectors,
     folder_labels,
     nearest,
     neighbour_recall,
-    pca_sweep,
     precision_at_k,
     recall_at_k,
     regex_labels,
 )
+from lookalike.evaluation.protocol import evaluate_vectors, pca_sweep
 from tests.conftest import run_cli
 
 

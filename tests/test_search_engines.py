@@ -16,7 +16,7 @@ from lookalike.search.exact import ExactIndex, HalfExactIndex
 from lookalike.search.hnsw import HNSWIndex
 from lookalike.search.ivfpq import IVFPQIndex
 from lookalike.search.searcher import Searcher, SearchSettings, choose
-from lookalike.store import FileRecord, Store
+from lookalike.storage.sqlite import FileRecord, Store
 from tests.conftest import picture, run_cli
 
 

@@ -10,7 +10,7 @@ import pytest
 from lookalike.errors import IndexNotFound
 from lookalike.models.registry import MODELS
 from lookalike.search import ExactIndex
-from lookalike.store import FileRecord, Store
+from lookalike.storage.sqlite import FileRecord, Store
 
 SPEC = MODELS["efficientnet-lite0"]
 

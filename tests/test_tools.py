@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lookalike.classify import classify
-from lookalike.compare import compare
 from lookalike.errors import ModelUnavailable, NotAnImage
-from lookalike.featuremaps import draw, feature_maps
-from lookalike.robustness import augmented, robustness
+from lookalike.explore.classify import classify
+from lookalike.explore.compare import compare
+from lookalike.explore.featuremaps import draw, feature_maps
+from lookalike.explore.robustness import augmented, robustness
 from tests.conftest import CALTECH, picture, run_cli
 
 real = pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared/datasets/caltech101 is not present")

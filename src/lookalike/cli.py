@@ -351,9 +351,9 @@ def dupes(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Find identical and near-identical images, suggest which to keep; optionally move the others aside."""
-    from lookalike import quarantine
-    from lookalike.dupes import find
-    from lookalike.dupes_report import as_dict, evidence, write_csv, write_html
+    from lookalike.dupes import quarantine
+    from lookalike.dupes.find import find
+    from lookalike.dupes.report import as_dict, evidence, write_csv, write_html
     from lookalike.index import Index
 
     if undo is not None:
@@ -498,7 +498,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Cosine similarity between images: one score for two, a matrix for more, per model."""
-    from lookalike import compare as comparing
+    from lookalike.explore import compare as comparing
 
     scores = comparing.compare(images, model or ["efficientnet-lite0"])
     names = [str(p) for p in images]
@@ -531,8 +531,8 @@ def classify(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """The model's own ImageNet labels for each image, with their probabilities."""
-    from lookalike.classify import classify as labelling
-    from lookalike.classify import imagenet_names
+    from lookalike.explore.classify import classify as labelling
+    from lookalike.explore.classify import imagenet_names
 
     results = labelling(images, model, top)
     if as_json:
@@ -557,7 +557,7 @@ def robustness(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Cosine similarity of randomly augmented copies (rotation, shift, shear, zoom, colour, flip) to the original."""
-    from lookalike.robustness import robustness as measure
+    from lookalike.explore.robustness import robustness as measure
 
     copies, scores = measure(image, model or ["efficientnet-lite0"], n, seed)
     if as_json:
@@ -574,7 +574,7 @@ def robustness(
         table.add_row("mean", *(f"{v.mean():.3f}" for v in scores.values()))
         out.print(table)
     if out_dir is not None:
-        from lookalike.compare import load_all
+        from lookalike.explore.compare import load_all
         from lookalike.viz import Tile, rows_grid
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -594,7 +594,7 @@ def features(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the PNGs.")] = Path("features"),
 ) -> None:
     """Pictures of the feature maps of the model's main blocks for one image, and an overview."""
-    from lookalike.featuremaps import draw, feature_maps
+    from lookalike.explore.featuremaps import draw, feature_maps
 
     blocks = feature_maps(image, model)
     written = draw(blocks, out_dir)
@@ -655,8 +655,8 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure search quality on a labelled dataset (P@k, recall@k, mAP), the PCA sweep and query times."""
-    from lookalike.eval_report import summary_rows, write_report
-    from lookalike.evaluation import evaluate_index
+    from lookalike.evaluation.protocol import evaluate_index
+    from lookalike.evaluation.report import summary_rows, write_report
     from lookalike.index import Index
     from lookalike.models.registry import resolve_spec
 

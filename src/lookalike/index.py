@@ -23,7 +23,7 @@ from lookalike.errors import LookalikeError, ModelMismatch, NotAnImage, NotIndex
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
 from lookalike.search.searcher import ENGINES, Searcher, SearchSettings
-from lookalike.store import Store
+from lookalike.storage.sqlite import Store
 
 DEFAULT_INDEX = "index.lookalike"
 METRICS = ("cosine", "euclidean")
@@ -44,7 +44,7 @@ class Hit:
 
 def _store_kind(location: str):
     """The store class for an --index value: Milvus for milvus:// and .db, else the SQLite file store."""
-    from lookalike.backends.milvus import MilvusStore, is_milvus
+    from lookalike.storage.milvus import MilvusStore, is_milvus
 
     return MilvusStore if is_milvus(location) else Store
 

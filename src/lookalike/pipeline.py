@@ -22,7 +22,7 @@ import numpy as np
 
 from lookalike import images
 from lookalike.models.embedder import Embedder
-from lookalike.store import FileRecord, Known, Store
+from lookalike.storage.sqlite import FileRecord, Known, Store
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.evaluation import evaluate_vectors, folder_labels
+from lookalike.evaluation.metrics import folder_labels
+from lookalike.evaluation.protocol import evaluate_vectors
 from lookalike.images import absolute
 from lookalike.models.registry import SPEC_FILE, ModelSpec, resolve_spec
 

@@ -31,7 +31,7 @@ from lookalike.errors import EmptyIndex, LookalikeError
 from lookalike.search.base import NeedsRebuild
 from lookalike.search.exact import ExactIndex
 from lookalike.search.pca import Projection
-from lookalike.store import Store
+from lookalike.storage.sqlite import Store
 
 ENGINES = ("auto", "exact", "exact-f16", "hnsw", "ivfpq", "annoy")
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims

@@ -3,7 +3,7 @@ augmented copies with Keras ImageDataGenerator's parameters (rotation up to 30°
 10 %, shear 0.15°, zoom 10 %, channel shift 10, horizontal flip), each copy's cosine similarity to the
 original, per model.
 
-    from lookalike.robustness import augmented, robustness
+    from lookalike.explore.robustness import augmented, robustness
     copies = augmented(image, n=12, seed=0)
     scores = robustness("photo.jpg", models=["efficientnet-lite0"])   # model -> float32 [n]
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from lookalike.compare import load_all
+from lookalike.explore.compare import load_all
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec
 

@@ -6,7 +6,7 @@ import csv
 import html
 from pathlib import Path
 
-from lookalike.dupes import Cluster, Findings
+from lookalike.dupes.find import Cluster, Findings
 from lookalike.viz import BAD, GOOD, caption_name, rows_grid, tile_of
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.compare import load_all
 from lookalike.errors import LookalikeError
+from lookalike.explore.compare import load_all
 from lookalike.models.embedder import Embedder
 from lookalike.models.files import model_file
 from lookalike.models.registry import ModelSpec, resolve_spec

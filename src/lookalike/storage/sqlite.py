@@ -76,7 +76,7 @@ class Known:
 
 
 class IndexStore:
-    """What every store answers to (this SQLite one, and backends/milvus.py): the indexing pipeline, Index
+    """What every store answers to (sqlite.py here, and milvus.py): the indexing pipeline, Index
     and Searcher use only these methods. Subclasses provide meta(), set_meta() and the file methods:
     known, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, details, files, counts,
     failures, records, size_bytes, searcher, close."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from lookalike.errors import IndexNotFound, LookalikeError
 from lookalike.models.registry import ModelSpec
-from lookalike.store import FORMAT, FORMAT_VERSION, FileRecord, IndexStore, Known
+from lookalike.storage.sqlite import FORMAT, FORMAT_VERSION, FileRecord, IndexStore, Known
 
 DEFAULT_COLLECTION = "lookalike"
 PATH_LENGTH = 4096

@@ -1,7 +1,7 @@
 """How alike are these images? Cosine similarity between images, under one model or several side by side
 (the reference compared VGG16 and ResNet50 this way), as a number, a matrix, or a heatmap with thumbnails.
 
-    from lookalike.compare import compare
+    from lookalike.explore.compare import compare
     scores = compare(["a.jpg", "b.jpg"], models=["efficientnet-lite0", "efficientnet-lite2"])
     scores["efficientnet-lite0"][0, 1]      # one float in [-1, 1]; 1.0 for the same picture
 """

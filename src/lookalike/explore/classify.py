@@ -1,7 +1,7 @@
 """What is in this picture, by the model's own ImageNet classifier (kept from the export: the reference's
 `include_top=True`). Only models exported with their classifier head have one; the others say so.
 
-    from lookalike.classify import classify
+    from lookalike.explore.classify import classify
     classify(["plane.jpg"], top=3)[0]   # [Label(index=895, name='warplane', probability=0.83), ...]
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.compare import load_all
+from lookalike.explore.compare import load_all
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lookalike.evaluation import REFERENCE, EvalResult
+from lookalike.evaluation.protocol import REFERENCE, EvalResult
 from lookalike.viz import BAD, GOOD, QUERY, caption_name, rows_grid, tile_of
 
 

@@ -1,0 +1,1 @@
+"""Measuring search quality: ground truth and metrics, the evaluation protocol, reports."""

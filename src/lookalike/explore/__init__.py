@@ -1,0 +1,1 @@
+"""Looking closer at a model: compare, classify, robustness, feature maps."""

@@ -1,0 +1,1 @@
+"""Where vectors live: the IndexStore interface, SQLite (the default, one file) and Milvus."""
