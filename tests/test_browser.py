@@ -67,30 +67,50 @@ def server(tmp_path_factory):
     process.wait(timeout=10)
 
 
+def wait_for(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true. Through DevTools (page.evaluate), not Playwright's
+    wait_for_function, which evaluates strings in the page: the page's Content-Security-Policy forbids that,
+    as it should."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout:.0f} s: {expression}")
+        page.wait_for_timeout(100)
+
+
+def watch_policy(page) -> list[str]:
+    """Every Content-Security-Policy violation the page reports (the page must work under its policy)."""
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    return refused
+
+
 def test_upload_a_photo_see_its_lookalikes_then_click_one(server, tmp_path):
     query = sorted((CALTECH / "watch").iterdir())[20]  # not indexed
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS,
                                     env={"HOME": str(tmp_path)})
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        refused = watch_policy(page)
         page.goto(server)
-        page.wait_for_function("document.getElementById('stats').textContent.includes('24 images')")
+        wait_for(page, "document.getElementById('stats').textContent.includes('24 images')")
         page.set_input_files("#file", str(query))
         page.wait_for_selector("#grid .hit")
-        page.wait_for_function("document.getElementById('status').textContent.includes('images like')")
+        wait_for(page, "document.getElementById('status').textContent.includes('images like')")
         paths = page.eval_on_selector_all("#grid .hit", "cards => cards.map(c => c.title)")
         assert len(paths) == 24
         assert all(p.split("/")[1] == "watch" for p in paths[:6]), paths[:6]
         scores = [float(s) for s in page.eval_on_selector_all("#grid .score", "s => s.map(x => x.textContent)")]
         assert scores == sorted(scores, reverse=True) and 0.3 < scores[0] < 1.0
-        page.wait_for_function("[...document.querySelectorAll('#grid img')].slice(0, 6)"
+        wait_for(page, "[...document.querySelectorAll('#grid img')].slice(0, 6)"
                                ".every(i => i.complete && i.naturalWidth > 0)")
         page.screenshot(path=str(tmp_path / "search.png"))
 
         clicked = page.locator("#grid .hit").nth(0)
         clicked_id, clicked_path = clicked.get_attribute("data-id"), clicked.get_attribute("title")
         clicked.click()
-        page.wait_for_function(f"document.getElementById('status').textContent.includes('like {clicked_path}')")
+        wait_for(page, f"document.getElementById('status').textContent.includes('like {clicked_path}')")
         ids = page.eval_on_selector_all("#grid .hit", "cards => cards.map(c => c.dataset.id)")
         assert clicked_id not in ids and len(ids) == 23
         paths = page.eval_on_selector_all("#grid .hit", "cards => cards.map(c => c.title)")
@@ -109,3 +129,4 @@ def test_upload_a_photo_see_its_lookalikes_then_click_one(server, tmp_path):
         assert width <= 390  # nothing sticks out sideways on a phone
         phone.screenshot(path=str(tmp_path / "phone.png"))
         browser.close()
+    assert refused == []

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode
 
 # A guard against decompression bombs: 12,000 x 12,000 is more than any camera makes today.
 MAX_PIXELS = 144_000_000
@@ -38,6 +41,24 @@ try:  # HEIC/HEIF (iPhone photos) when the optional pillow-heif is installed
     HEIF_SUPPORTED = True
 except ImportError:
     HEIF_SUPPORTED = False
+
+
+# What a browser is told an image is, by the format Pillow decodes (never by the file's name): a file named
+# .html or .svg that decodes as a GIF is served as image/gif, and what decodes as none of these is not served.
+MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+               "GIF": "image/gif", "BMP": "image/bmp", "DIB": "image/bmp", "TIFF": "image/tiff",
+               "HEIF": "image/heic", "AVIF": "image/avif"}
+
+
+def media_type(handle: io.BufferedIOBase) -> str | None:
+    """The media type of the image in an open file, from its decoded format (reads only the header)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(handle) as image:
+                return MEDIA_TYPES.get(image.format or "")
+    except Exception:  # Pillow raises many types for what is not an image: all mean "not servable"
+        return None
 
 
 def sniff(head: bytes) -> str | None:
@@ -108,15 +129,74 @@ class Decoded:
     error: str = ""
 
 
-def decode(data: bytes, draft: tuple[int, int] | None = None) -> Decoded:
-    """Bytes of an image file -> an upright RGB image, or a reason.
+# Decoding is bounded by the bytes the pixels take once decoded, not by their count: a 3 MB 16-bit PNG of
+# 12,000 x 12,000 decodes to 288 MB, a float TIFF to 4 bytes a pixel. Above this, a file is refused with a
+# reason (the 144-megapixel guard above still holds too).
+MAX_DECODED_BYTES = 1 << 30
+# How a file's first bytes are checked and, for small files, how much is read at once (bigger files are
+# hashed in chunks and decoded from disk, never read whole).
+READ_WHOLE_BYTES = 64 << 20
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 
-    `draft` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding, to no less than that size:
-    most of the cost of indexing a photo is decoding pixels that resizing throws away.
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory the pixels of an opened (not yet loaded) image take once decoded, in its own mode: Pillow
+    keeps one-band images at their sample size (1 byte for L and P, 2 for I;16, 4 for I and F) and every
+    multi-band image (RGB, RGBA, CMYK, LA...) at 4 bytes a pixel."""
+    mode = ImageMode.getmode(image.mode)
+    sample = np.dtype(mode.typestr).itemsize
+    per_pixel = sample if len(mode.bands) == 1 else 4 * sample
+    return image.width * image.height * per_pixel
+
+
+class MemoryBudget:
+    """Bytes of decoded pixels that may be held at once, across threads: a decode waits for its share, so
+    four huge uploads (or decode threads) at once never need four times the memory. A decode that needs
+    more than the whole budget is refused instead of waiting forever."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        if nbytes > self.capacity:
+            raise MemoryError(f"needs {_mb(nbytes)} to decode, more than the {_mb(self.capacity)} allowed")
+        with self._changed:
+            self._changed.wait_for(lambda: self.used + nbytes <= self.capacity)
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= nbytes
+                self._changed.notify_all()
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.0f} MB"
+
+
+def decode(source: bytes | BinaryIO, draft: tuple[int, int] | None = None,
+           budget: MemoryBudget | None = None) -> Decoded:
+    """The bytes of an image file (or an open file, read only as far as decoding needs) -> an upright RGB
+    image, or a reason.
+
+    `draft` is the size the caller needs at least: JPEGs decode at 1/2, 1/4 or 1/8 scale while decoding, and
+    every format is then reduced by a whole factor while at least twice that size is left (Pillow's
+    reducing gap, no visible loss), before any conversion: most of the cost of indexing a photo is pixels
+    that resizing throws away. The memory a decode takes is bounded by MAX_DECODED_BYTES and, with
+    `budget`, shared with the other decodes running at the time.
     """
-    if not data:
+    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    head = handle.read(16)
+    handle.seek(0)
+    if not head:
         return Decoded(None, error="empty file")
-    kind = sniff(data[:16])
+    kind = sniff(head)
     if kind is None:
         return Decoded(None, error="not an image: unknown file format")
     if kind == "heif" and not HEIF_SUPPORTED:
@@ -124,30 +204,95 @@ def decode(data: bytes, draft: tuple[int, int] | None = None) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(handle)
             width, height = image.size
             if width * height > MAX_PIXELS:
                 return Decoded(None, width, height, f"too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
-            if image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):  # stored lying on its side
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            if orientation in (5, 6, 7, 8):  # stored lying on its side
                 width, height = height, width
             if draft and image.format == "JPEG":
                 image.draft("RGB", draft)
-            image = to_rgb(ImageOps.exif_transpose(image))
+            cost = decoded_bytes(image)
+            if cost > MAX_DECODED_BYTES:
+                return Decoded(None, width, height, f"too large: {width}x{height} {image.mode} pixels decode to "
+                                                    f"{_mb(cost)} (limit {_mb(MAX_DECODED_BYTES)})")
+            # What is held at the peak: the decoded pixels, and the copy one conversion makes.
+            with budget.hold(2 * cost) if budget else nullcontext():
+                image = _reduce(image, draft)
+                image = to_rgb(image)
+                if orientation in _TRANSPOSE:
+                    image = image.transpose(_TRANSPOSE[orientation])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Decoded(None, error=f"too large: more than {MAX_PIXELS:,} pixels (decompression bomb guard)")
+    except MemoryError as exc:
+        return Decoded(None, width, height, f"too large: {exc}" if str(exc) else "too large: out of memory")
     except Exception as exc:  # Pillow raises many types for bad bytes; all of them mean "cannot decode"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Decoded(None, error=f"cannot decode {kind}: {reason[:200]}")
     return Decoded(image, width, height)
 
 
-def load(path: str | os.PathLike, draft: tuple[int, int] | None = None) -> Decoded:
-    """Read and decode one file; an unreadable file is a reason, not an exception."""
+def _reduce(image: Image.Image, draft: tuple[int, int] | None) -> Image.Image:
+    """Load `image`, shrunk by a whole factor while at least twice `draft` is left (if draft is given),
+    converting first only what Image.reduce cannot take (16-bit greys to 8 bits, palettes, bilevel)."""
+    image.load()
+    factor = min(image.width // (2 * draft[0]), image.height // (2 * draft[1])) if draft else 1
+    if factor < 2:
+        return image
+    if image.mode.startswith("I;16"):
+        image = _grey8(image)
+    elif image.mode in ("P", "PA", "1"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else
+                              "L" if image.mode == "1" else "RGB")
+    return image.reduce(factor)
+
+
+def load(path: str | os.PathLike, draft: tuple[int, int] | None = None, budget: MemoryBudget | None = None
+         ) -> Decoded:
+    """Read and decode one file; an unreadable file is a reason, not an exception. The file is read only as
+    far as decoding needs (a huge file is never read whole)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            return decode(handle, draft, budget)
     except OSError as exc:
         return Decoded(None, error=f"cannot read: {exc.strerror or exc}")
-    return decode(data, draft)
+
+
+def _strips(image: Image.Image, pixels: int = 1 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows as an array) of an image, about `pixels` at a time: a full-size copy is never made."""
+    rows = max(1, pixels // max(1, image.width))
+    for top in range(0, image.height, rows):
+        yield top, np.asarray(image.crop((0, top, image.width, min(image.height, top + rows))))
+
+
+def _grey8(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grey image -> 8-bit L (16-bit samples over 0-65535, as in to_rgb before),
+    a strip at a time: the only full-size allocation is the 1-byte result."""
+    out = np.empty((image.height, image.width), np.uint8)
+    sixteen = image.mode.startswith("I;16")
+    if not sixteen:  # a 32-bit image holds 16-bit samples when any exceeds 8 bits
+        sixteen = any(strip.max() > 255 for _, strip in _strips(image) if strip.size)
+    for top, strip in _strips(image):
+        scaled = strip.astype(np.float32) * np.float32(255.0 / 65535.0) if sixteen else strip
+        out[top:top + len(strip)] = np.clip(scaled, 0, 255)
+    return Image.fromarray(out, "L")
+
+
+def _float8(image: Image.Image) -> Image.Image:
+    """A float image -> 8-bit L stretched over its range, NaNs as 0, a strip at a time."""
+    low, high = np.inf, -np.inf
+    for _, strip in _strips(image):
+        finite = strip[np.isfinite(strip)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    if not np.isfinite(low):
+        low = high = 0.0
+    out = np.empty((image.height, image.width), np.uint8)
+    for top, strip in _strips(image):
+        clean = np.nan_to_num(strip.astype(np.float32), nan=0.0, posinf=high, neginf=low)
+        out[top:top + len(strip)] = np.clip((clean - low) * (255.0 / (high - low or 1.0)), 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -156,15 +301,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        grey = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return _grey8(image).convert("RGB")
     if image.mode == "F":
-        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        low, high = pixels.min(), pixels.max()
-        grey = ((pixels - low) * (255.0 / (high - low or 1.0))).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return _float8(image).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):

@@ -215,6 +215,14 @@ class Index:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
         return self.search(vector, k, metric=metric, exclude=key, ann=ann)
 
+    def image_path(self, file_id: int) -> str | None:
+        """The path of the image with this id, if it was indexed successfully (a failed file has none)."""
+        return self.store.image_path(int(file_id))
+
+    def roots(self) -> list[str]:
+        """The folders indexed as a whole (files indexed one by one are below none of them)."""
+        return self.store.roots()
+
     def configure(self, settings: SearchSettings) -> None:
         """Record how this index answers (kept in the index file) and build what that needs."""
         if not isinstance(self.searcher, Searcher):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -103,6 +104,7 @@ def run(
         progress(0, len(jobs))
     workers = workers or default_workers()
     draft = (embedder.spec.input_size, embedder.spec.input_size)
+    budget = images.MemoryBudget(2 * images.MAX_DECODED_BYTES)  # shared by the decode threads
     batch: list[_Prepared] = []
     failed: list[FileRecord] = []
     touched: list[tuple[str, int, int]] = []
@@ -149,7 +151,7 @@ def run(
                     job = next(queue, None)
                     if job is None:
                         break
-                    pending.append(pool.submit(_prepare, job, embedder, draft))
+                    pending.append(pool.submit(_prepare, job, embedder, draft, budget))
                 if not pending:
                     break
                 item = pending.popleft().result()
@@ -173,19 +175,25 @@ def run(
     return summary
 
 
-def _prepare(job: _Job, embedder: Embedder, draft: tuple[int, int]) -> _Prepared:
-    """Runs on a decode thread: read once, hash, decode, prepare the model input."""
+def _prepare(job: _Job, embedder: Embedder, draft: tuple[int, int], budget: images.MemoryBudget) -> _Prepared:
+    """Runs on a decode thread: read once, hash, decode, prepare the model input. A file bigger than
+    READ_WHOLE_BYTES is hashed in chunks and decoded from disk, so no file is ever read whole into memory."""
     record = FileRecord(job.path, job.size, job.mtime_ns, None)
     try:
         with open(job.path, "rb") as handle:
-            data = handle.read()
+            if job.size <= images.READ_WHOLE_BYTES:
+                source: bytes | BinaryIO = handle.read()
+                record.sha256 = hashlib.sha256(source).hexdigest()
+            else:
+                record.sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+                handle.seek(0)
+                source = handle
+            if job.known is not None and job.known.status == "ok" and job.known.sha256 == record.sha256:
+                return _Prepared(record, same_bytes=True)
+            decoded = images.decode(source, draft, budget)
     except OSError as exc:
         record.error = f"cannot read: {exc.strerror or exc}"
         return _Prepared(record)
-    record.sha256 = hashlib.sha256(data).hexdigest()
-    if job.known is not None and job.known.status == "ok" and job.known.sha256 == record.sha256:
-        return _Prepared(record, same_bytes=True)
-    decoded = images.decode(data, draft)
     record.width, record.height = decoded.width, decoded.height
     if decoded.image is None:
         record.error = decoded.error

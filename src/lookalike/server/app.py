@@ -5,12 +5,19 @@
 The model and the index load once, at start-up. Requests run on FastAPI's thread pool: they decode their
 uploads concurrently, share model calls through a batcher (batcher.py), and use the index (one SQLite
 connection) under a lock, for the millisecond a search takes. Files are only ever served by id, for ids in the index:
-no request names a path. Every error is a 4xx with a JSON body {"error": "..."}.
+no request names a path. Every error is a 4xx with a JSON body {"error": "..."} (a bug is a 500, in JSON too).
+
+What may be served is checked when it is served (security.py has the headers and the upload reader): only
+images that were indexed successfully, only below the folders that were indexed once links are resolved, and
+only as the image type their bytes decode as, never as HTML or SVG. The token, when there is one, guards
+everything but /health and the page itself (which asks for it), /docs and /openapi.json included, and is
+checked before a byte of an upload is read.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 import threading
 from collections import OrderedDict
@@ -18,17 +25,29 @@ from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
-from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import images
+from lookalike.errors import LookalikeError, NotIndexed
 from lookalike.index import Index
 from lookalike.search.searcher import ENGINES
 from lookalike.server.batcher import EmbeddingBatcher
+from lookalike.server.security import (
+    SecurityHeaders,
+    TooLarge,
+    policy_for,
+    read_upload,
+    request_token,
+    same_token,
+)
 
 PAGE = Path(__file__).with_name("page.html")
 THUMB = 256
@@ -48,6 +67,8 @@ class Metric(str, Enum):  # noqa: UP042 (FastAPI validates str Enums)
 
 
 Ann = Enum("Ann", {name.replace("-", "_"): name for name in ENGINES}, type=str)
+# Ids are SQLite rowids: a larger number is no id, and must not reach SQLite (OverflowError, a 500).
+FileId = Annotated[int, PathParameter(ge=-(2**63), le=2**63 - 1, description="An image id, from a search result")]
 
 
 class Service:
@@ -57,11 +78,14 @@ class Service:
         self.index = index
         self.max_upload = max_upload
         self.lock = threading.Lock()
-        self.roots = sorted(index.store.roots(), key=len, reverse=True)
+        self.roots = sorted(index.roots(), key=len, reverse=True)
         self.thumbs: OrderedDict[int, bytes] = OrderedDict()
         self.thumb_folder = getattr(index.searcher, "folder", None)
         self.batcher = EmbeddingBatcher(index.embedder)  # loads the model now, not on the first request
         self.workers = anyio.CapacityLimiter(4)
+        # Decoded pixels held at once across uploads: four uploads that each decode to 1 GB wait their turn
+        # instead of taking 4 GB (images.decode holds its share while it decodes).
+        self.decode_budget = images.MemoryBudget(2 * images.MAX_DECODED_BYTES)
         with self.lock:
             if len(index):
                 index.prepare_search()
@@ -78,22 +102,59 @@ class Service:
                  "height": h.height, "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}"} for h in hits]
 
     def path_of(self, file_id: int) -> str:
+        """The path of an image that was indexed successfully (a failed file is never served)."""
         with self.lock:
-            found = self.index.store.files([file_id])
-        if file_id not in found:
+            path = self.index.image_path(file_id)
+        if path is None:
             raise ApiError(404, f"no image with id {file_id} in the index")
-        return found[file_id][0]
+        return path
+
+    def inside_roots(self, path: str, real: str) -> bool:
+        """Whether `real` (a resolved path) is where the indexed `path` may lead: below an indexed folder
+        once links are resolved on both sides, or, for a file indexed on its own, the file itself unlinked."""
+        with self.lock:
+            roots = self.index.roots()
+        under = [root for root in roots if Path(path).is_relative_to(root)]
+        if not under:
+            return real == os.path.abspath(path)
+        return any(Path(real).is_relative_to(os.path.realpath(root)) for root in under)
+
+    def open_image(self, file_id: int) -> tuple[io.BufferedReader, str]:
+        """An open file of an indexed image and its media type, checked as it is opened: resolved inside the
+        indexed folders, and decodable as an image whose type is known (so never served as HTML or SVG)."""
+        path = self.path_of(file_id)
+        real = os.path.realpath(path)
+        if not self.inside_roots(path, real):
+            raise ApiError(403, f"image {file_id} leads outside the indexed folders: not served")
+        try:
+            handle = open(real, "rb")  # noqa: SIM115 (closed by the response, or below)
+        except OSError:
+            raise ApiError(404, f"image {file_id} is no longer on disk") from None
+        try:
+            opened = Path(f"/proc/self/fd/{handle.fileno()}")
+            if opened.exists() and os.path.realpath(opened) != real:  # a link swapped in since realpath
+                raise ApiError(403, f"image {file_id} leads outside the indexed folders: not served")
+            media_type = images.media_type(handle)
+            if media_type is None:
+                raise ApiError(415, f"image {file_id} is no longer an image lookalike can serve")
+            handle.seek(0)
+        except BaseException:
+            handle.close()
+            raise
+        return handle, media_type
 
     def thumbnail(self, file_id: int) -> bytes:
         if file_id in self.thumbs:
             self.thumbs.move_to_end(file_id)
             return self.thumbs[file_id]
         path = self.path_of(file_id)
+        if not self.inside_roots(path, os.path.realpath(path)):
+            raise ApiError(403, f"image {file_id} leads outside the indexed folders: not served")
         cached = Path(self.thumb_folder) / "thumbs" / f"{file_id}.jpg" if self.thumb_folder else None
         if cached is not None and cached.is_file():
             data = cached.read_bytes()
         else:
-            decoded = images.load(path, draft=(THUMB, THUMB))
+            decoded = images.load(path, draft=(THUMB, THUMB), budget=self.decode_budget)
             if decoded.image is None:
                 raise ApiError(404, f"image {file_id} cannot be read any more: {decoded.error}")
             picture = decoded.image.copy()
@@ -128,32 +189,31 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
         service.batcher.close()
         index.close()
 
+    # The schema and its docs are routes of our own below, behind the token like every other API call.
     app = FastAPI(title="lookalike", summary="Reverse image search over a folder of photos",
-                  version=_version(), lifespan=lifespan)
+                  version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    app.add_middleware(SecurityHeaders, max_body=max_upload)
 
     def authorised(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
-        if (given or request.query_params.get("token")) != token:
+        if token is not None and not same_token(request_token(request), token):
             raise ApiError(401, "a bearer token is required: Authorization: Bearer TOKEN")
 
     api = [Depends(authorised)]
 
-    @app.middleware("http")
-    async def refuse_huge_bodies(request: Request, call_next):
-        """An upload that announces more than the limit is refused before a byte of it is read or spooled."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_upload + 64 * 1024:  # room for the multipart framing
-            return JSONResponse({"error": f"the image is larger than the limit of {max_upload:,} bytes"},
-                                status_code=413)
-        return await call_next(request)
-
     @app.exception_handler(ApiError)
     async def api_error(_, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(NotIndexed)
+    async def not_indexed(_, exc: NotIndexed) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(LookalikeError)
+    async def refused(_, exc: LookalikeError) -> JSONResponse:
+        """What lookalike refuses on purpose (an engine this index cannot build, an empty index) is the
+        client's to change: a 400 with the one-line reason."""
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError) -> JSONResponse:
@@ -165,9 +225,25 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     async def http_error(_, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def bug(_, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__} (a bug in lookalike)"}, status_code=500)
+
+    @app.get("/openapi.json", dependencies=api, include_in_schema=False)
+    def schema() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", dependencies=api, include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        given = request.query_params.get("token")  # a browser's token travels in the URL to the schema too
+        url = "/openapi.json" + (f"?token={quote(given, safe='')}" if given else "")
+        html = get_swagger_ui_html(openapi_url=url, title="lookalike API").body.decode()
+        return HTMLResponse(html, headers={"Content-Security-Policy": policy_for(html)})
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+        html = PAGE.read_text()
+        return HTMLResponse(html, headers={"Content-Security-Policy": policy_for(html)})
 
     @app.get("/health", summary="Is the server up")
     def health() -> dict:
@@ -181,23 +257,31 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
                 "dims": facts["dims"], "precision": facts["precision"], "engine": facts["search"]["engine"],
                 "max_upload_bytes": max_upload}
 
-    @app.post("/search", dependencies=api, summary="The indexed images that look most like an uploaded one")
-    async def search(file: Annotated[UploadFile | None, File(description="The query image")] = None,
+    @app.post("/search", dependencies=api, summary="The indexed images that look most like an uploaded one",
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["file"], "properties": {"file": {
+                      "type": "string", "format": "binary", "description": "The query image"}}}}}}})
+    async def search(request: Request,
                      k: Annotated[int, Query(ge=1, le=200)] = 24,
                      metric: Metric = Metric.cosine,
                      ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None
                      ) -> dict:
-        if file is None:
+        # The body is read here, after the token was checked, with a counter: a chunked upload (no
+        # Content-Length) stops being read at the limit instead of being spooled in full first.
+        try:
+            data = await read_upload(request, "file", max_upload)
+        except TooLarge:
+            raise ApiError(413, f"the image is larger than the limit of {max_upload:,} bytes") from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if data is None:
             raise ApiError(400, "no file: send the image as multipart form field 'file'")
-        data = await file.read(max_upload + 1)
-        if len(data) > max_upload:
-            raise ApiError(413, f"the image is larger than the limit of {max_upload:,} bytes")
         if not data:
             raise ApiError(400, "the file is empty")
 
         def work() -> dict:
             size = index.spec.input_size
-            decoded = images.decode(data, draft=(size, size))
+            decoded = images.decode(data, draft=(size, size), budget=service.decode_budget)
             if decoded.image is None:
                 status = 413 if decoded.error.startswith("too large") else 400
                 raise ApiError(status, f"not a usable image: {decoded.error}")
@@ -211,7 +295,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
         return await anyio.to_thread.run_sync(work, limiter=service.workers)
 
     @app.get("/similar/{file_id}", dependencies=api, summary="The neighbours of an indexed image")
-    def similar(file_id: int, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine) -> dict:
+    def similar(file_id: FileId, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine) -> dict:
         path = service.path_of(file_id)
         with service.lock:
             vector = index.store.vector_of(path)
@@ -233,14 +317,19 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
         return {"results": results}
 
     @app.get("/images/{file_id}", dependencies=api, summary="An indexed image, as stored")
-    def image(file_id: int) -> FileResponse:
-        path = service.path_of(file_id)
-        if not Path(path).is_file():
-            raise ApiError(404, f"image {file_id} is no longer on disk")
-        return FileResponse(path)
+    def image(file_id: FileId) -> StreamingResponse:
+        handle, media_type = service.open_image(file_id)
+
+        def chunks():
+            with handle:
+                while chunk := handle.read(256 * 1024):
+                    yield chunk
+
+        return StreamingResponse(chunks(), media_type=media_type,
+                                 headers={"Content-Length": str(os.fstat(handle.fileno()).st_size)})
 
     @app.get("/thumbs/{file_id}", dependencies=api, summary=f"An indexed image, at most {THUMB} px")
-    def thumb(file_id: int) -> Response:
+    def thumb(file_id: FileId) -> Response:
         return Response(service.thumbnail(file_id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=86400"})
 

@@ -273,6 +273,11 @@ class MilvusStore(IndexStore):
         rows = self.client.query(self.collection, filter=f"path == {_quoted(path)}", output_fields=["id"])
         return int(rows[0]["id"]) if rows else None
 
+    def image_path(self, file_id: int) -> str | None:
+        rows = self.client.query(self.collection, filter=f'id == {int(file_id)} and status == "ok"',
+                                 output_fields=["path"])
+        return rows[0]["path"] if rows else None
+
     def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
         ids = [int(i) for i in ids if int(i) >= 0]
         if not ids:

@@ -78,7 +78,7 @@ class Known:
 class IndexStore:
     """What every store answers to (sqlite.py here, and milvus.py): the indexing pipeline, Index
     and Searcher use only these methods. Subclasses provide meta(), set_meta() and the file methods:
-    known, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, details, files, counts,
+    known, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, image_path, details, files, counts,
     failures, records, size_bytes, searcher, close."""
 
     def meta(self, key: str) -> str | None:
@@ -256,6 +256,11 @@ class Store(IndexStore):
 
     def id_of(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        return None if row is None else row[0]
+
+    def image_path(self, file_id: int) -> str | None:
+        """The path of file `file_id` if it has a vector (status ok), else None."""
+        row = self.db.execute("SELECT path FROM files WHERE id = ? AND status = 'ok'", (file_id,)).fetchone()
         return None if row is None else row[0]
 
     def records(self, batch: int = 1000) -> Iterator[list[FileRecord]]:
