@@ -169,3 +169,18 @@ def test_custom_preprocessing_is_recorded(photo_dir, tiny_model, tmp_path):
     result = run_cli("index", str(tmp_path / "x.jpg"), "--index", str(tmp_path / "c.lookalike"), "--model",
                      str(tiny_model))
     assert_one_line_error(result, "holds vectors of tiny")
+
+
+def test_exit_status_names_the_failure_and_messages_are_not_markup(tmp_path):
+    """3 for something not found, 2 for a bad option; the message's brackets print as they are."""
+    missing = run_cli("search", str(tmp_path / "[red]gone.jpg"), "--index", str(tmp_path / "none.lookalike"))
+    assert missing.returncode == 3, missing.stderr
+    assert "[red]gone.jpg" in missing.stderr or "none.lookalike" in missing.stderr
+    usage = run_cli("index", str(tmp_path), "--index", str(tmp_path / "i.lookalike"), "--memory-budget", "lots")
+    assert usage.returncode == 2 and "--memory-budget takes a size" in usage.stderr
+    assert "Traceback" not in missing.stderr + usage.stderr
+
+
+def test_help_lists_the_exit_codes():
+    result = run_cli("--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0 and "3 not found" in result.stdout

@@ -177,9 +177,9 @@ def test_reports_csv_and_html_and_unreadable_files_are_not_fatal(collection, thu
     assert page.count("<h2>") == 5 and "similarities.png" in page
     assert (tmp_path / "report" / "cluster-0001.png").is_file()
     bad = run_cli("dupes", "--undo", str(tmp_path / "d.csv"))
-    assert bad.returncode == 1 and "not a lookalike quarantine manifest" in bad.stderr
+    assert bad.returncode == 6 and "not a lookalike quarantine manifest" in bad.stderr
     none = run_cli("dupes")
-    assert none.returncode == 1 and "give a folder or an index" in none.stderr
+    assert none.returncode == 2 and "give a folder or an index" in none.stderr
 
 
 @pytest.mark.integration

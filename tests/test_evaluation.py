@@ -169,17 +169,17 @@ def test_eval_with_groups_from_file_names(dataset):
     assert data["groups"] == 3 and set(data["per_group"]) == {"0", "1", "2"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing-folder"], "dataset folder not found"),
-    (["PHOTOS", "--pca", "ten"], "--pca takes dims"),
-    (["PHOTOS", "--group-regex", "("], "not a valid regular expression"),
-    (["PHOTOS", "--exclude", "disc", "--exclude", "stripes", "--exclude", "noise"], "holds no images below"),
+@pytest.mark.parametrize("args, message, status", [
+    (["missing-folder"], "dataset folder not found", 3),
+    (["PHOTOS", "--pca", "ten"], "--pca takes dims", 2),
+    (["PHOTOS", "--group-regex", "("], "not a valid regular expression", 2),
+    (["PHOTOS", "--exclude", "disc", "--exclude", "stripes", "--exclude", "noise"], "holds no images below", 6),
 ])
-def test_eval_bad_input_is_one_line(dataset, args, message):
+def test_eval_bad_input_is_one_line(dataset, args, message, status):
     photos, index_path = dataset
     args = [str(photos) if a == "PHOTOS" else a for a in args]
     result = run_cli("eval", *args, "--index", str(index_path), "--no-timing")
-    assert result.returncode == 1
+    assert result.returncode == status  # each failure mode has its own exit status (errors.py)
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -201,6 +201,6 @@ def test_map_needs_three_images_and_a_known_method(tmp_path, tiny_model, photo_d
     run_cli("index", str(photo_dir / "disc" / "disc0.jpg"), str(photo_dir / "disc" / "disc1.png"), "--index",
             str(index_path), "--model", str(tiny_model), "-q")
     result = run_cli("map", "--index", str(index_path), "--out", str(tmp_path / "m.png"))
-    assert result.returncode == 1 and "a map needs at least 3" in result.stderr
+    assert result.returncode == 6 and "a map needs at least 3" in result.stderr
     result = run_cli("map", "--index", str(index_path), "--method", "mds")
-    assert result.returncode == 1 and "--method is tsne or umap" in result.stderr
+    assert result.returncode == 2 and "--method is tsne or umap" in result.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lookalike import Index
-from lookalike.errors import EmptyIndex, ModelMismatch, NotAnImage, NotIndexed
+from lookalike.errors import EmptyIndex, ModelMismatch, NotAnImage, NotFound, NotIndexed
 from tests.conftest import build_tiny_model, picture
 
 
@@ -115,11 +115,13 @@ def test_searching_an_empty_index_or_with_a_non_image_is_a_clear_error(index, tm
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(NotAnImage, match="not an image"):
         index.search(tmp_path / "notes.jpg")
-    with pytest.raises(NotAnImage, match="not found"):
+    with pytest.raises(NotFound, match="not found"):
         index.search(tmp_path / "nowhere.jpg")
     with pytest.raises(NotIndexed):
         index.similar(tmp_path / "nowhere.jpg")
-    with pytest.raises(NotAnImage, match="not found"):
+    with pytest.raises(NotFound, match="not found"):  # a missing folder is not "not an image"
+        index.add([tmp_path / "no-such-folder"])
+    with pytest.raises(FileNotFoundError):  # the builtin it refines, for callers who know only that
         index.add([tmp_path / "no-such-folder"])
 
 

@@ -51,7 +51,7 @@ def test_milvus_index_follows_the_folder_and_keeps_its_model(both, photo_dir, tm
     result = run_cli("index", str(photo_dir), "--index", both["milvus.db"], "-q")
     assert "1 indexed" in result.stdout and "1 removed" in result.stdout, result.stdout
     result = run_cli("search", str(similar), "--index", both["milvus.db"], "--ann", "hnsw")
-    assert result.returncode == 1 and "drop --ann hnsw" in result.stderr
+    assert result.returncode == 2 and "drop --ann hnsw" in result.stderr
     # (this process opens the Milvus Lite file last: it holds it until it exits)
     with Index.open(both["milvus.db"]) as index:
         assert len(index) == 9
@@ -64,7 +64,7 @@ def test_milvus_index_follows_the_folder_and_keeps_its_model(both, photo_dir, tm
     with pytest.raises(ModelMismatch):
         Index.open(both["milvus.db"], model="efficientnet-lite0")
     busy = run_cli("info", "--index", both["milvus.db"])
-    assert busy.returncode == 1 and "another process is probably using it" in busy.stderr
+    assert busy.returncode == 7 and "another process is probably using it" in busy.stderr
     assert len(busy.stderr.strip().splitlines()) == 1
 
 
@@ -84,7 +84,7 @@ def test_export_to_milvus_and_import_back_keeps_every_vector(both, tmp_path):
             np.testing.assert_allclose(b[key], vector, atol=1e-6)
         assert returned.store.counts() == {"ok": 9, "failed": 1}
     again = run_cli("export", "--index", both["file.lookalike"], "--to", to_milvus)
-    assert again.returncode == 1 and "exists already" in again.stderr
+    assert again.returncode == 2 and "exists already" in again.stderr
 
 
 def test_neighbours_on_milvus(both, tmp_path):
@@ -94,12 +94,12 @@ def test_neighbours_on_milvus(both, tmp_path):
     assert len(rows) == 9 and all(len(r["neighbours"]) == 2 for r in rows)
 
 
-@pytest.mark.parametrize("location, message", [
-    ("milvus://nohost/x", "a Milvus index is milvus://HOST:PORT/COLLECTION"),
-    ("milvus://127.0.0.1:1/x", "cannot reach Milvus at http://127.0.0.1:1"),
-    ("missing.db", "no index at missing.db"),
+@pytest.mark.parametrize("location, message, status", [
+    ("milvus://nohost/x", "a Milvus index is milvus://HOST:PORT/COLLECTION", 2),
+    ("milvus://127.0.0.1:1/x", "cannot reach Milvus at http://127.0.0.1:1", 7),
+    ("missing.db", "no index at missing.db", 3),
 ])
-def test_bad_milvus_locations_are_one_line(location, message, tmp_path):
+def test_bad_milvus_locations_are_one_line(location, message, status, tmp_path):
     result = run_cli("info", "--index", location, cwd=tmp_path, timeout=60)
-    assert result.returncode == 1 and message in result.stderr
+    assert result.returncode == status and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -61,7 +61,7 @@ def test_index_records_its_precision_and_refuses_another(tiny_model, photo_dir, 
         assert index.info()["precision"] == "int8"
     result = run_cli("index", str(photo_dir), "--index", str(target), "--model", str(tiny_model),
                      "--precision", "fp32", "-q")
-    assert result.returncode == 1
+    assert result.returncode == 5  # built otherwise: errors.ModelMismatch
     assert "holds int8 vectors of tiny, not fp32: use --precision int8" in result.stderr
     with pytest.raises(ModelMismatch):
         Index.open(target, model=resolve_spec(str(tiny_model), precision="fp32"))

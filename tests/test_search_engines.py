@@ -236,4 +236,4 @@ def test_neighbours_writes_every_image_with_its_k_nearest(families, tiny_model, 
         table = list(csv.DictReader(handle))
     assert len(table) == 72 and table[0].keys() == {"path", "rank", "neighbour", "cosine"}
     bad = run_cli("neighbours", "--index", str(target), "--out", str(tmp_path / "nb.txt"))
-    assert bad.returncode == 1 and "--out must end in .json or .csv" in bad.stderr
+    assert bad.returncode == 2 and "--out must end in .json or .csv" in bad.stderr

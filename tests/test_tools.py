@@ -48,7 +48,7 @@ def test_compare_cli_two_images_many_images_json_and_heatmap(three, tiny_model, 
     with Image.open(tmp_path / "heat.png") as heat:
         assert heat.width > 300
     one = run_cli("compare", str(three[0]))
-    assert one.returncode == 1 and "at least two images" in one.stderr
+    assert one.returncode == 2 and "at least two images" in one.stderr
 
 
 def test_not_an_image_is_one_clear_line(three, tmp_path, tiny_model):
@@ -59,7 +59,7 @@ def test_not_an_image_is_one_clear_line(three, tmp_path, tiny_model):
     for args in (["compare", str(three[0]), str(text)], ["classify", str(text)], ["robustness", str(text)],
                  ["features", str(tmp_path / "missing.png")]):
         result = run_cli(*args, "--model", str(tiny_model))
-        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert result.returncode in (3, 6) and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
 
 def test_a_model_without_a_classifier_says_so(three, tiny_model):
@@ -110,3 +110,20 @@ def test_real_model_compares_classifies_and_shows_five_blocks(tmp_path):
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == 112 and sizes[-1] == 7 and len(blocks) == 5
     _, scores = robustness(plane, n=6)
     assert 0.6 < scores["efficientnet-lite0"].mean() < 1.0
+
+
+def test_plots_leave_the_host_programs_matplotlib_backend_alone(three, tiny_model, tmp_path):
+    """A notebook's backend is the notebook's: drawing a heatmap or feature maps must not switch it."""
+    import matplotlib
+
+    from lookalike.explore.compare import heatmap
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the library would never pick itself
+    try:
+        heatmap(three, compare(three, [str(tiny_model)])["tiny"], tmp_path / "h.png")
+        draw(feature_maps(three[0], str(tiny_model)), tmp_path / "maps")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "h.png").stat().st_size > 0
+    finally:
+        matplotlib.use(before)

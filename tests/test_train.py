@@ -133,4 +133,4 @@ def test_cli_train_and_a_folder_that_is_not_a_model(stripes, tiny_model, tmp_pat
     with pytest.raises(ModelUnavailable, match="not a lookalike model folder"):
         resolve_spec(str(tmp_path))
     bad = run_cli("index", str(stripes), "--index", str(tmp_path / "x.lookalike"), "--model", str(stripes))
-    assert bad.returncode == 1 and "not a lookalike model folder" in bad.stderr
+    assert bad.returncode == 4 and "not a lookalike model folder" in bad.stderr

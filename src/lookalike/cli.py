@@ -1,7 +1,9 @@
 """The `lookalike` command: one small function a command, each parsing, calling the library, printing.
 
-Errors reach the user as one line on stderr and exit status 1 (2 for bad usage, from typer); a
-traceback only ever means a bug, and even then main() turns it into one line plus a hint.
+Errors reach the user as one line on stderr with the exit status of their class (errors.py: 1 error,
+2 usage, 3 not found, 4 missing dependency, 5 index built otherwise, 6 unusable input, 7 backend
+unreachable); a traceback only ever means a bug, and even then main() turns it into one line plus a hint.
+Messages and paths are data: they are printed as plain Text, never read as rich markup.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from lookalike import __version__
-from lookalike.errors import LookalikeError
+from lookalike.errors import BadInput, LookalikeError, NotFound, UsageError, require
+
+EXIT_CODES = ("Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 missing dependency or model, "
+              "5 index built with another model or settings, 6 unusable input, 7 backend unreachable, "
+              "130 interrupted.")
 
 app = typer.Typer(
     help="Reverse image search for a folder of photos, on your CPU, with no server.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -68,7 +75,7 @@ def _bytes(text: str) -> int:
     """'2GB', '512 MB', '1.5G', '1000000' -> bytes."""
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", text.lower())
     if not match:
-        raise LookalikeError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}")
+        raise UsageError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}")
     try:
         number = float(match.group(1))
     except ValueError:
@@ -102,7 +109,7 @@ def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
-        raise LookalikeError(f"{name} needs one value or three (R,G,B), got {len(values)}")
+        raise UsageError(f"{name} needs one value or three (R,G,B), got {len(values)}")
     return tuple(values)  # type: ignore[return-value]
 
 
@@ -197,7 +204,7 @@ def search(
     from lookalike.index import Index
 
     if (query is None) == (by_id is None):
-        raise LookalikeError("give either a QUERY image or --id PATH (one of them)")
+        raise UsageError("give either a QUERY image or --id PATH (one of them)")
     with Index.open(index) as idx:
         if by_id is not None:
             hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value)
@@ -310,7 +317,7 @@ def neighbours(
 
     kind = out_file.suffix.lower()
     if kind not in (".json", ".csv"):
-        raise LookalikeError(f"--out must end in .json or .csv, not {out_file.name!r}")
+        raise UsageError(f"--out must end in .json or .csv, not {out_file.name!r}")
     partial = out_file.with_name(out_file.name + ".partial")
     count = 0
     with Index.open(index) as idx, open(partial, "w", newline="") as handle:
@@ -365,7 +372,7 @@ def dupes(
             raise typer.Exit(1)
         return
     if target is None:
-        raise LookalikeError("give a folder or an index to look for duplicates in (or --undo MANIFEST)")
+        raise UsageError("give a folder or an index to look for duplicates in (or --undo MANIFEST)")
     folder = Path(target).expanduser()
     under = None
     if folder.is_dir():
@@ -415,12 +422,9 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload accepted, in MB.")] = 20.0,
 ) -> None:
     """A REST API (OpenAPI at /docs) and a web page for searching the index by image."""
-    try:
-        import uvicorn
-
-        from lookalike.server.app import create_app
-    except ImportError:
-        raise LookalikeError("serving needs FastAPI and uvicorn: pip install 'lookalike[serve]'") from None
+    uvicorn = require("uvicorn", "serve", "serving")
+    require("fastapi", "serve", "serving")
+    from lookalike.server.app import create_app
     app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -661,11 +665,11 @@ def eval_(
     from lookalike.models.registry import resolve_spec
 
     if not dataset.is_dir():
-        raise LookalikeError(f"dataset folder not found: {dataset}")
+        raise NotFound(f"dataset folder not found: {dataset}")
     try:
         dims = [] if pca.strip().lower() == "none" else [int(d) for d in pca.split(",") if d.strip()]
     except ValueError:
-        raise LookalikeError(f"--pca takes dims like 10,50,150 or 'none', not {pca!r}") from None
+        raise UsageError(f"--pca takes dims like 10,50,150 or 'none', not {pca!r}") from None
     spec = resolve_spec(model, precision=precision and precision.value) if model or precision else None
     built = None
     if index is None:
@@ -708,11 +712,11 @@ def map_(
     from lookalike.viz import collection_map, layout_2d
 
     if method not in ("tsne", "umap"):
-        raise LookalikeError(f"--method is tsne or umap, not {method!r}")
+        raise UsageError(f"--method is tsne or umap, not {method!r}")
     with Index.open(index) as idx:
         ids, vectors = idx.vectors()
         if len(ids) < 3:
-            raise LookalikeError(f"{index} holds {len(ids)} images; a map needs at least 3")
+            raise BadInput(f"{index} holds {len(ids)} images; a map needs at least 3")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:sample])
         files = idx.store.files(ids[chosen])
     paths = [files[int(i)][0] for i in ids[chosen]]
@@ -748,24 +752,29 @@ def _root(
     pass
 
 
+def _fail(label: str, message: str, status: int) -> None:
+    """One line on stderr, the message as plain text (a path like "[red]x.jpg" stays itself), then exit."""
+    line = Text()
+    line.append(f"{label}:", style="red")
+    line.append(f" {message}")
+    err.print(line, soft_wrap=True)
+    sys.exit(status)
+
+
 def main() -> None:
     try:
         app()
     except LookalikeError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        sys.exit(1)
+        _fail("error", str(exc), exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: what was indexed so far is saved; run the same command again to finish")
         sys.exit(130)
     except (OSError, MemoryError) as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        sys.exit(1)
+        _fail("error", str(exc), 1)
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
         if type(exc).__module__.startswith("pymilvus"):  # the server said no: its words, on one line
-            err.print(f"[red]error:[/red] Milvus: {str(exc).strip().splitlines()[0][:300]}", soft_wrap=True)
-            sys.exit(1)
-        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
-                  "(a bug in lookalike: LOOKALIKE_DEBUG=1 shows the traceback)", soft_wrap=True)
-        sys.exit(1)
+            _fail("error", f"Milvus: {str(exc).strip().splitlines()[0][:300]}", 7)
+        _fail("internal error", f"{type(exc).__name__}: {exc} (a bug in lookalike: LOOKALIKE_DEBUG=1 shows the "
+              "traceback)", 1)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike import images, pipeline
-from lookalike.errors import LookalikeError, ModelMismatch, NotAnImage, NotIndexed
+from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, UsageError
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
 from lookalike.search.searcher import ENGINES, Searcher, SearchSettings
@@ -144,7 +144,7 @@ class Index:
         for given in paths:
             root = images.absolute(given)
             if not root.exists():
-                raise NotAnImage(f"not found: {given}")
+                raise NotFound(f"not found: {given}")
             if root.is_dir():
                 folders.append(str(root))
             files.extend(images.discover(root))
@@ -175,7 +175,7 @@ class Index:
         if not isinstance(image, Image.Image):
             path = Path(image).expanduser()
             if not path.is_file():
-                raise NotAnImage(f"query not found: {image}")
+                raise NotFound(f"query not found: {image}")
             size = self.spec.input_size
             decoded = images.load(path, draft=(size, size))
             if decoded.image is None:
@@ -197,7 +197,7 @@ class Index:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if ann is not None and ann not in ENGINES:
-            raise LookalikeError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
+            raise UsageError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
         started = time.perf_counter()
         vector = query if isinstance(query, np.ndarray) else self.embed(query)
         skip = None if exclude is None else self.store.id_of(str(exclude))
@@ -226,7 +226,7 @@ class Index:
     def configure(self, settings: SearchSettings) -> None:
         """Record how this index answers (kept in the index file) and build what that needs."""
         if not isinstance(self.searcher, Searcher):
-            raise LookalikeError("--ann, --pca and --memory-budget apply to .lookalike indexes; "
+            raise UsageError("--ann, --pca and --memory-budget apply to .lookalike indexes; "
                                  "Milvus answers with its own HNSW index")
         settings.save(self.store)
         self.searcher = Searcher(self.store, settings)
@@ -271,7 +271,7 @@ class Index:
         Milvus): how a collection moves between the embedded store and Milvus. Returns the files copied."""
         kind = _store_kind(str(location))
         if kind.exists(str(location)):
-            raise LookalikeError(f"{location} exists already: copy into a new index")
+            raise UsageError(f"{location} exists already: copy into a new index")
         target = kind.create(str(location), self.spec)
         try:
             copied = 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import BadInput, MissingDependency, NotFound, UsageError
 from lookalike.evaluation.metrics import folder_labels
 from lookalike.evaluation.protocol import evaluate_vectors
 from lookalike.images import absolute
@@ -71,7 +71,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise LookalikeError("training needs torch: pip install torch==2.13.0 'lookalike[train]'") from None
+        raise MissingDependency("training needs torch: pip install torch==2.13.0 'lookalike[train]'") from None
     return torch
 
 
@@ -267,12 +267,12 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
     """Train a head on a labelled folder dataset (one folder per class) and export it to `out`."""
     settings = settings or TrainSettings()
     if settings.loss not in LOSSES:
-        raise LookalikeError(f"--loss must be one of {', '.join(LOSSES)}, not {settings.loss!r}")
+        raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {settings.loss!r}")
     if not 0.0 < settings.val < 1.0:
-        raise LookalikeError(f"--val is the share of images held out, between 0 and 1, not {settings.val}")
+        raise UsageError(f"--val is the share of images held out, between 0 and 1, not {settings.val}")
     dataset = absolute(dataset)
     if not dataset.is_dir():
-        raise LookalikeError(f"dataset folder not found: {dataset}")
+        raise NotFound(f"dataset folder not found: {dataset}")
     _torch()
     empty = [p.name for p in sorted(dataset.iterdir())
              if p.is_dir() and p.name not in settings.exclude and not any(p.iterdir())]
@@ -284,7 +284,7 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
                                                                        tuple(settings.exclude))
     classes = sorted({label for label in labels if label})
     if len(classes) < 2:
-        raise LookalikeError(f"{dataset} has {len(classes)} class folder(s) with images: training needs at least 2 "
+        raise BadInput(f"{dataset} has {len(classes)} class folder(s) with images: training needs at least 2 "
                              "(one folder per class)")
     keep = np.array([bool(label) for label in labels])  # images loose in the dataset root have no class
     paths = [p for p, k in zip(paths, keep, strict=True) if k]

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lookalike import images
+from lookalike.errors import require
 
 THUMB = 200
 PAD = 8
@@ -103,12 +104,7 @@ def layout_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np
         raise ValueError("a map needs at least 3 images")
     reduced = Projection.fit(vectors, min(50, n, vectors.shape[1])).project(vectors)
     if method == "umap":
-        try:
-            import umap
-        except ImportError:
-            from lookalike.errors import LookalikeError
-
-            raise LookalikeError("--method umap needs umap-learn: pip install umap-learn") from None
+        umap = require("umap", "pip:umap-learn", "--method umap")
         points = umap.UMAP(n_components=2, random_state=seed).fit_transform(reduced)
     else:
         from sklearn.manifold import TSNE

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike import images
+from lookalike.errors import require
 
 DEFAULT_THRESHOLD = 0.90  # cosine at or above which embeddings alone say "the same photo"
 HASH_FLOOR = 0.70  # cosine from which a close perceptual hash also says so (resized copies go this low)
@@ -153,12 +154,7 @@ def _ivf_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 
 def perceptual_hash(path: str) -> tuple[int, int] | None:
     """(pHash, pHash of the mirror image) as 64-bit ints, or None when the file cannot be read."""
-    try:
-        import imagehash
-    except ImportError:
-        from lookalike.errors import LookalikeError
-
-        raise LookalikeError("duplicate detection needs imagehash: pip install 'lookalike[dupes]'") from None
+    imagehash = require("imagehash", "dupes", "duplicate detection")
     from PIL import ImageOps
 
     decoded = images.load(path, draft=(64, 64))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import BadInput
 from lookalike.images import QUARANTINE_MARKER, absolute
 
 
@@ -92,7 +92,7 @@ def undo(manifest: str | os.PathLike) -> tuple[list[Moved], list[tuple[str, str]
         record = json.loads(manifest.read_text())
         moves = record["moves"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise LookalikeError(f"{manifest} is not a lookalike quarantine manifest") from None
+        raise BadInput(f"{manifest} is not a lookalike quarantine manifest") from None
     restored: list[Moved] = []
     skipped: list[tuple[str, str]] = []
     for entry in moves:

@@ -52,14 +52,12 @@ def write_csv(findings: Findings, path: str | Path) -> None:
 
 def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 500) -> Path:
     """index.html, one PNG per cluster (the one to keep first, framed green) and the similarity histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
     if len(findings.neighbour_cosines):
         ax.hist(findings.neighbour_cosines, bins=100, color="tab:blue")
         ax.set_yscale("log")
@@ -69,7 +67,6 @@ def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 50
     ax.legend()
     fig.tight_layout()
     fig.savefig(folder / "similarities.png", dpi=100)
-    plt.close(fig)
     parts = [
         "<!doctype html><meta charset='utf-8'><title>lookalike: duplicates</title>",
         "<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:1400px}img{max-width:100%}"

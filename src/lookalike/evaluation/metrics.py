@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import UsageError
 
 # -- ground truth -------------------------------------------------------------------------------------
 
@@ -40,7 +40,7 @@ def regex_labels(paths: Sequence[str], pattern: str) -> list[str | None]:
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise LookalikeError(f"--group-regex {pattern!r} is not a valid regular expression: {exc}") from None
+        raise UsageError(f"--group-regex {pattern!r} is not a valid regular expression: {exc}") from None
     labels: list[str | None] = []
     for path in paths:
         match = compiled.search(Path(path).name)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import BadInput, LookalikeError
 from lookalike.evaluation.metrics import (
     average_precision,
     encode,
@@ -87,7 +87,7 @@ def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: in
     names = sorted({label for label in labels if label is not None})
     queries = np.flatnonzero(codes >= 0)
     if len(queries) == 0:
-        raise LookalikeError("no image has a label: check the dataset layout or --group-regex")
+        raise BadInput("no image has a label: check the dataset layout or --group-regex")
     sizes = np.bincount(codes[queries], minlength=len(names))
     relevant_total = sizes[codes[queries]] - 1
     p_rows, ap = np.empty(len(queries)), np.empty(len(queries))
@@ -217,7 +217,7 @@ def evaluate_index(index, root: str | Path, *, k: int = 4, exclude: Sequence[str
     classes = folder_labels(paths, root)
     keep = below & ~np.isin(np.array(classes, dtype=object), list(exclude))
     if not keep.any():
-        raise LookalikeError(f"{index.path} holds no images below {root} (index it first, or check --exclude)")
+        raise BadInput(f"{index.path} holds no images below {root} (index it first, or check --exclude)")
     ids, vectors = ids[keep], vectors[keep]
     paths = [p for p, kept in zip(paths, keep, strict=True) if kept]
     labels = regex_labels(paths, group_regex) if group_regex else [c for c, kept in zip(classes, keep, strict=True)

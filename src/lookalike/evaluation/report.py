@@ -92,16 +92,14 @@ def markdown(result: EvalResult, plots: dict[str, str] | None = None) -> str:
 
 def write_report(result: EvalResult, folder: str | Path) -> Path:
     """report.md with its plots (PNG) in `folder`; returns the markdown file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
     if result.pca:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         dims = [d for d, _ in result.pca]
         ax.plot(dims, [100 * v for _, v in result.pca], "o-", label=f"lookalike, {result.model}")
         if result.k == 4:
@@ -113,20 +111,19 @@ def write_report(result: EvalResult, folder: str | Path) -> Path:
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "pca.png", dpi=110)
-        plt.close(fig)
         plots["pca"] = "pca.png"
     timed = [m for m in result.methods if not math.isnan(m.ms_per_query)]
     if timed:
         names = [f"lookalike: {m.name}" for m in timed] + [f"reference: {k}" for k in REFERENCE["query_ms"]]
         values = [m.ms_per_query for m in timed] + list(REFERENCE["query_ms"].values())
         colours = ["tab:blue"] * len(timed) + ["grey"] * len(REFERENCE["query_ms"])
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+        fig = Figure(figsize=(8, 0.45 * len(names) + 1.2))
+        ax = fig.subplots()
         ax.barh(names[::-1], values[::-1], color=colours[::-1])
         ax.set_xscale("log")
         ax.set(xlabel="ms per query (log scale)", title="One query, warm process")
         fig.tight_layout()
         fig.savefig(folder / "query_time.png", dpi=110)
-        plt.close(fig)
         plots["query_time"] = "query_time.png"
     worst = [name for name, _ in worst_groups(result) if name in result.examples]
     if worst:

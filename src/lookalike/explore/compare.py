@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike import images
-from lookalike.errors import LookalikeError, NotAnImage
+from lookalike.errors import NotAnImage, NotFound, UsageError
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec
 
@@ -25,7 +25,7 @@ def load_all(paths: Sequence[str | Path], size: int | None = None) -> list[Image
     loaded = []
     for path in paths:
         if not Path(path).is_file():
-            raise NotAnImage(f"not found: {path}")
+            raise NotFound(f"not found: {path}")
         decoded = images.load(path, draft=(size, size) if size else None)
         if decoded.image is None:
             raise NotAnImage(f"{path}: {decoded.error}")
@@ -37,7 +37,7 @@ def compare(paths: Sequence[str | Path], models: Sequence[str | ModelSpec] = ("e
             ) -> dict[str, np.ndarray]:
     """model name -> cosine similarity matrix float32 [n, n] between the images."""
     if len(paths) < 2:
-        raise LookalikeError("compare needs at least two images")
+        raise UsageError("compare needs at least two images")
     pictures = load_all(paths)
     out = {}
     for model in models:
@@ -49,10 +49,7 @@ def compare(paths: Sequence[str | Path], models: Sequence[str | ModelSpec] = ("e
 
 def heatmap(paths: Sequence[str | Path], matrix: np.ndarray, out: str | Path, *, title: str = "") -> Path:
     """A matplotlib heatmap of the matrix with each image's thumbnail along both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     n = len(paths)
@@ -61,7 +58,8 @@ def heatmap(paths: Sequence[str | Path], matrix: np.ndarray, out: str | Path, *,
         picture = picture.copy()
         picture.thumbnail((64, 64))
         thumbs.append(np.asarray(picture))
-    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * n, 1.8 + 0.9 * n))
+    fig = Figure(figsize=(2.2 + 0.9 * n, 1.8 + 0.9 * n))
+    ax = fig.subplots()
     shown = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(matrix.min())), vmax=1.0)
     for i in range(n):
         for j in range(n):
@@ -80,5 +78,4 @@ def heatmap(paths: Sequence[str | Path], matrix: np.ndarray, out: str | Path, *,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import UsageError, require
 from lookalike.explore.compare import load_all
 from lookalike.models.embedder import Embedder
 from lookalike.models.files import model_file
@@ -42,10 +42,7 @@ def main_blocks(names: list[str], maps: list[np.ndarray]) -> list[Block]:
 
 
 def feature_maps(path: str | Path, model: str | ModelSpec = "efficientnet-lite0") -> list[Block]:
-    try:
-        import onnx
-    except ImportError:
-        raise LookalikeError("feature maps need onnx: pip install 'lookalike[export]'") from None
+    onnx = require("onnx", "export", "feature maps")
     import onnxruntime as ort
 
     spec = model if isinstance(model, ModelSpec) else resolve_spec(model)
@@ -55,7 +52,7 @@ def feature_maps(path: str | Path, model: str | ModelSpec = "efficientnet-lite0"
     graph = onnx.load(str(model_file(spec)))
     names = conv_outputs(graph)
     if not names:
-        raise LookalikeError(f"{spec.name} has no convolutional feature maps to show")
+        raise UsageError(f"{spec.name} has no convolutional feature maps to show")
     graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = embedder.inputs(embedder.prepare(picture)[None])
@@ -64,10 +61,7 @@ def feature_maps(path: str | Path, model: str | ModelSpec = "efficientnet-lite0"
 
 def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list[Path]:
     """One PNG per block (its most active channels) and overview.png (each block's mean activation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,7 +70,8 @@ def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list
         strongest = np.argsort(-block.maps.mean(axis=(1, 2)))[:channels]
         columns = 8
         rows = (len(strongest) + columns - 1) // columns
-        fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.5 + 0.4), squeeze=False)
+        fig = Figure(figsize=(columns * 1.4, rows * 1.5 + 0.4))
+        axes = fig.subplots(rows, columns, squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for ax, channel in zip(axes.ravel(), strongest, strict=False):
@@ -87,9 +82,9 @@ def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list
         fig.tight_layout()
         target = folder / f"block-{n}.png"
         fig.savefig(target, dpi=100)
-        plt.close(fig)
         written.append(target)
-    fig, axes = plt.subplots(1, len(blocks), figsize=(2.2 * len(blocks), 2.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(blocks), 2.6))
+    axes = fig.subplots(1, len(blocks), squeeze=False)
     for ax, (n, block) in zip(axes.ravel(), enumerate(blocks, 1), strict=True):
         ax.imshow(block.maps.mean(axis=0), cmap="magma")
         ax.set_title(f"block {n}: {block.maps.shape[1]}×{block.maps.shape[2]}", fontsize=9)
@@ -97,5 +92,4 @@ def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list
     fig.tight_layout()
     target = folder / "overview.png"
     fig.savefig(target, dpi=100)
-    plt.close(fig)
     return [*written, target]

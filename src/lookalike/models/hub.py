@@ -11,16 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lookalike.errors import ModelUnavailable
+from lookalike.errors import ModelUnavailable, require
 from lookalike.models.registry import ModelSpec
 
 
 def _hub():
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise ModelUnavailable("Hub models need huggingface_hub: pip install 'lookalike[hub]'") from None
-    return huggingface_hub
+    return require("huggingface_hub", "hub", "Hub models")
 
 
 def _cache_dir() -> str | None:

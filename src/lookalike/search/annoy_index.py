@@ -11,16 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.errors import require
 from lookalike.search.base import NeedsRebuild, as_queries, padded
 
 
 def _annoy():
-    try:
-        import annoy
-    except ImportError:
-        from lookalike.errors import LookalikeError
-
-        raise LookalikeError("this index type needs annoy: pip install 'lookalike[ann]'") from None
+    annoy = require("annoy", "ann", "this index type")
     return annoy
 
 

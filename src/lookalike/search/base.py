@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lookalike.errors import require
+
 
 class NeedsRebuild(Exception):
     """This index cannot apply the change in place: build it again."""
@@ -58,12 +60,7 @@ def as_queries(queries: np.ndarray, dims: int) -> np.ndarray:
 
 
 def import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        from lookalike.errors import LookalikeError
-
-        raise LookalikeError("this index type needs faiss: pip install 'lookalike[ann]'") from None
+    faiss = require("faiss", "ann", "this index type")
     return faiss
 
 

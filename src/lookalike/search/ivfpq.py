@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.errors import BadInput
 from lookalike.search.base import as_queries, faiss_answer, import_faiss
 
 MIN_VECTORS = 1000  # fewer than this, and k-means has nothing to learn from: use exact search
@@ -38,9 +39,8 @@ class IVFPQIndex:
         faiss = import_faiss()
         n, dims = vectors.shape
         if n < MIN_VECTORS:
-            from lookalike.errors import LookalikeError
 
-            raise LookalikeError(f"IVF-PQ needs at least {MIN_VECTORS} images to train on (have {n}): "
+            raise BadInput(f"IVF-PQ needs at least {MIN_VECTORS} images to train on (have {n}): "
                                  "use --ann exact or hnsw")
         # faiss wants ~39 training points per centroid, for the cells and for the 2^nbits PQ codewords
         nlist = nlist or int(min(4096, max(16, 2 * math.sqrt(n))))

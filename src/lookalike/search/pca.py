@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.errors import BadInput, require
+
 
 class Projection:
     """mean float32 [d], components float32 [dims, d]; with whitening, each axis divided by its spread."""
@@ -26,17 +28,11 @@ class Projection:
     @classmethod
     def fit(cls, vectors: np.ndarray, dims: int, *, whiten: bool = False, seed: int = 0) -> Projection:
         """Fit on float32 [n, d]; dims may not exceed min(n, d)."""
-        try:
-            from sklearn.decomposition import PCA
-        except ImportError:
-            from lookalike.errors import LookalikeError
-
-            raise LookalikeError("PCA needs scikit-learn: pip install 'lookalike[eval]'") from None
+        PCA = require("sklearn.decomposition", "eval", "PCA").PCA
         n, d = vectors.shape
         if not 1 <= dims <= min(n, d):
-            from lookalike.errors import LookalikeError
 
-            raise LookalikeError(f"PCA to {dims} dims needs at least {dims} images of at least {dims} dims "
+            raise BadInput(f"PCA to {dims} dims needs at least {dims} images of at least {dims} dims "
                                  f"(have {n} of {d})")
         pca = PCA(dims, random_state=seed).fit(vectors)
         scale = 1.0 / np.sqrt(np.maximum(pca.explained_variance_, 1e-12)) if whiten else None

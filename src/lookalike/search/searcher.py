@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.errors import EmptyIndex, LookalikeError
+from lookalike.errors import EmptyIndex, UsageError
 from lookalike.search.base import NeedsRebuild
 from lookalike.search.exact import ExactIndex
 from lookalike.search.pca import Projection
@@ -49,9 +49,9 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.ann not in ENGINES:
-            raise LookalikeError(f"--ann must be one of {', '.join(ENGINES)}, not {self.ann!r}")
+            raise UsageError(f"--ann must be one of {', '.join(ENGINES)}, not {self.ann!r}")
         if self.pca < 0:
-            raise LookalikeError(f"--pca must be a positive number of dims, not {self.pca}")
+            raise UsageError(f"--pca must be a positive number of dims, not {self.pca}")
 
     @classmethod
     def of(cls, store: Store) -> SearchSettings:

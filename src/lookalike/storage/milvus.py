@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from lookalike.errors import IndexNotFound, LookalikeError
+from lookalike.errors import EmptyIndex, IndexNotFound, StoreUnavailable, UsageError, require
 from lookalike.models.registry import ModelSpec
 from lookalike.storage.sqlite import FORMAT, FORMAT_VERSION, FileRecord, IndexStore, Known
 
@@ -47,7 +47,7 @@ def parse(location: str) -> tuple[str, str]:
         parts = urlparse(text)
         collection = parts.path.strip("/")
         if not parts.hostname or not parts.port or not collection or "/" in collection:
-            raise LookalikeError(f"a Milvus index is milvus://HOST:PORT/COLLECTION, not {text!r}")
+            raise UsageError(f"a Milvus index is milvus://HOST:PORT/COLLECTION, not {text!r}")
         return f"http://{parts.hostname}:{parts.port}", collection
     path, _, collection = text.partition("#")
     return path, collection or DEFAULT_COLLECTION
@@ -56,10 +56,7 @@ def parse(location: str) -> tuple[str, str]:
 def _client(uri: str):
     import logging
 
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
-        raise LookalikeError("Milvus indexes need pymilvus: pip install 'lookalike[milvus]'") from None
+    MilvusClient = require("pymilvus", "milvus", "Milvus indexes").MilvusClient
     # pymilvus warns on every iterator over Milvus Lite, and Milvus Lite logs tracebacks for what we report
     # in one line below.
     for name in ["pymilvus", "milvus_lite", *logging.root.manager.loggerDict]:
@@ -69,10 +66,10 @@ def _client(uri: str):
         return MilvusClient(uri=uri, timeout=10)
     except Exception as exc:
         if not uri.startswith("http"):
-            raise LookalikeError(f"cannot open the Milvus Lite file {uri}: another process is probably using it "
+            raise StoreUnavailable(f"cannot open the Milvus Lite file {uri}: another process is probably using it "
                                  "(a Milvus Lite file serves one process at a time; `milvus-lite server` shares "
                                  "one)") from None
-        raise LookalikeError(f"cannot reach Milvus at {uri}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot reach Milvus at {uri}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -134,7 +131,7 @@ class MilvusStore(IndexStore):
         store = cls(location, client, collection)
         if client.has_collection(collection) or client.has_collection(store.meta_collection):
             client.close()
-            raise LookalikeError(f"Milvus collection {collection!r} already exists at {uri}: choose another name")
+            raise UsageError(f"Milvus collection {collection!r} already exists at {uri}: choose another name")
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("path", DataType.VARCHAR, max_length=PATH_LENGTH)
@@ -330,7 +327,7 @@ class MilvusSearcher:
         from lookalike.search.searcher import Choice
 
         if ann not in (None, "auto"):
-            raise LookalikeError(f"on Milvus, Milvus' own HNSW index answers: drop --ann {ann}")
+            raise UsageError(f"on Milvus, Milvus' own HNSW index answers: drop --ann {ann}")
         return Choice("milvus", "the index lives in Milvus (HNSW, inner product)")
 
     def engine(self, kind: str):
@@ -338,7 +335,6 @@ class MilvusSearcher:
 
     def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
                exclude: np.ndarray | None = None):
-        from lookalike.errors import EmptyIndex
         from lookalike.search.searcher import Answer
 
         self.choice(ann)
