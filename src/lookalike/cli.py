@@ -14,7 +14,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +24,8 @@ from rich.text import Text
 
 from lookalike import __version__
 from lookalike.errors import BadInput, LookalikeError, NotFound, UsageError, require
+from lookalike.search.options import Engine as Ann
+from lookalike.search.options import Metric
 
 EXIT_CODES = ("Exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 missing dependency or model, "
               "5 index built with another model or settings, 6 unusable input, 7 backend unreachable, "
@@ -54,15 +56,6 @@ PrecisionOption = Annotated[
 ]
 
 
-class Ann(str, Enum):  # noqa: UP042 (typer needs a str Enum)
-    auto = "auto"
-    exact = "exact"
-    exact_f16 = "exact-f16"
-    hnsw = "hnsw"
-    ivfpq = "ivfpq"
-    annoy = "annoy"
-
-
 AnnOption = Annotated[
     Optional[Ann],
     typer.Option(help="The search engine: exact (float32) or exact-f16 (half the memory), hnsw (faiss graph), "
@@ -81,11 +74,6 @@ def _bytes(text: str) -> int:
     except ValueError:
         raise LookalikeError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}") from None
     return int(number * 1000 ** " kmgt".index(match.group(2) or " "))
-
-
-class Metric(str, Enum):  # noqa: UP042 (typer needs a str Enum)
-    cosine = "cosine"
-    euclidean = "euclidean"
 
 
 IndexPath = Annotated[
@@ -206,10 +194,12 @@ def search(
     if (query is None) == (by_id is None):
         raise UsageError("give either a QUERY image or --id PATH (one of them)")
     with Index.open(index) as idx:
+        shown: Path
         if by_id is not None:
             hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value)
             shown = by_id
         else:
+            assert query is not None  # one of the two, checked above
             hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value)
             shown = query
         if as_json:
@@ -252,7 +242,7 @@ def models(
         spec = resolve_spec(fetch, precision=precision and precision.value)
         out.print(f"{fetch} ({spec.precision}): {model_file(spec)}")
         return
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": s.name, "dims": s.dims, "input_size": s.input_size, "precision": s.precision, "source": s.source,
          "available": availability(s), "default": s.name == DEFAULT_MODEL, "description": s.description,
          "licence": s.licence}

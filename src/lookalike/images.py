@@ -50,7 +50,7 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "W
                "HEIF": "image/heic", "AVIF": "image/avif"}
 
 
-def media_type(handle: io.BufferedIOBase) -> str | None:
+def media_type(handle: BinaryIO) -> str | None:
     """The media type of the image in an open file, from its decoded format (reads only the header)."""
     try:
         with warnings.catch_warnings():
@@ -219,10 +219,9 @@ def decode(source: bytes | BinaryIO, draft: tuple[int, int] | None = None,
                                                     f"{_mb(cost)} (limit {_mb(MAX_DECODED_BYTES)})")
             # What is held at the peak: the decoded pixels, and the copy one conversion makes.
             with budget.hold(2 * cost) if budget else nullcontext():
-                image = _reduce(image, draft)
-                image = to_rgb(image)
+                picture = to_rgb(_reduce(image, draft))
                 if orientation in _TRANSPOSE:
-                    image = image.transpose(_TRANSPOSE[orientation])
+                    picture = picture.transpose(_TRANSPOSE[orientation])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Decoded(None, error=f"too large: more than {MAX_PIXELS:,} pixels (decompression bomb guard)")
     except MemoryError as exc:
@@ -230,7 +229,7 @@ def decode(source: bytes | BinaryIO, draft: tuple[int, int] | None = None,
     except Exception as exc:  # Pillow raises many types for bad bytes; all of them mean "cannot decode"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Decoded(None, error=f"cannot decode {kind}: {reason[:200]}")
-    return Decoded(image, width, height)
+    return Decoded(picture, width, height)
 
 
 def _reduce(image: Image.Image, draft: tuple[int, int] | None) -> Image.Image:

@@ -22,11 +22,11 @@ from lookalike import images, pipeline
 from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, UsageError
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
-from lookalike.search.searcher import ENGINES, Searcher, SearchSettings
+from lookalike.search.options import ENGINES, METRICS
+from lookalike.search.searcher import Searcher, SearchSettings
 from lookalike.storage.sqlite import Store
 
 DEFAULT_INDEX = "index.lookalike"
-METRICS = ("cosine", "euclidean")
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ class Index:
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str, files: dict | None = None) -> list[Hit]:
         files = files if files is not None else self.store.files(ids)
-        hits = []
+        hits: list[Hit] = []
         for score, file_id in zip(scores, ids, strict=True):
             if not np.isfinite(score) or int(file_id) not in files:
                 continue

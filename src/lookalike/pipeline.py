@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -136,7 +136,7 @@ def run(
 
         def flush() -> None:
             nonlocal batch, failed, touched
-            inputs = embedder.inputs(np.stack([item.pixels for item in batch])) if batch else None
+            inputs = embedder.inputs(np.stack([cast(np.ndarray, item.pixels) for item in batch])) if batch else None
             records = [item.record for item in batch] + failed
             while len(in_flight) > 1:
                 in_flight.popleft().result()
@@ -182,8 +182,9 @@ def _prepare(job: _Job, embedder: Embedder, draft: tuple[int, int], budget: imag
     try:
         with open(job.path, "rb") as handle:
             if job.size <= images.READ_WHOLE_BYTES:
-                source: bytes | BinaryIO = handle.read()
-                record.sha256 = hashlib.sha256(source).hexdigest()
+                data = handle.read()
+                record.sha256 = hashlib.sha256(data).hexdigest()
+                source: bytes | BinaryIO = data
             else:
                 record.sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
                 handle.seek(0)

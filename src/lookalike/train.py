@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def split(labels: list[str], val: float, seed: int) -> tuple[np.ndarray, np.ndar
 # -- the head ------------------------------------------------------------------------------------------------
 
 def make_head(torch, in_dims: int, dim: int, classes: int, loss: str, hidden: int = 0):
-    nn = torch.nn
+    nn: Any = torch.nn  # torch is imported lazily (an extra): its classes are Any here
 
     class Head(nn.Module):
         """Unit features -> a unit embedding of `dim` dims. Normalising the input too makes the graph the
@@ -179,7 +180,7 @@ def train_head(features: np.ndarray, codes: np.ndarray, train_rows: np.ndarray, 
     x_val = torch.from_numpy(features[val_rows])
     y_val = torch.from_numpy(codes[val_rows])
     generator = torch.Generator().manual_seed(settings.seed)
-    best = (math.inf, 0, None, 0.0)
+    best: tuple[float, int, dict[str, Any] | None, float] = (math.inf, 0, None, 0.0)
     epoch = 0
     for epoch in range(1, settings.epochs + 1):
         head.train()

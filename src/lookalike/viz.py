@@ -148,4 +148,5 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
 
     cmap = colormaps["tab20"] if n <= 20 else colormaps["hsv"]
     positions = range(n) if n <= 20 else np.linspace(0, 1, n, endpoint=False)
-    return [tuple(int(255 * c) for c in cmap(p)[:3]) for p in positions]
+    colours = [cmap(p)[:3] for p in positions]
+    return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in colours]

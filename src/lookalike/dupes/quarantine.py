@@ -54,7 +54,8 @@ def move(files: Sequence[tuple[str, str | None]], folder: str | os.PathLike, roo
     manifest = folder / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
     moved: list[Moved] = []
     skipped: list[tuple[str, str]] = []
-    record = {"created_at": time.time(), "folder": str(folder), "moves": []}
+    moves: list[dict[str, object]] = []
+    record = {"created_at": time.time(), "folder": str(folder), "moves": moves}
 
     def save() -> None:
         partial = manifest.with_suffix(".partial")
@@ -75,7 +76,7 @@ def move(files: Sequence[tuple[str, str | None]], folder: str | os.PathLike, roo
             skipped.append((path, f"{target} exists already"))
             continue
         entry = {"from": path, "to": str(target), "sha256": digest, "done": False}
-        record["moves"].append(entry)
+        moves.append(entry)
         save()  # written before the move: an interrupted run can still be undone
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(target))

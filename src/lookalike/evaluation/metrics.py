@@ -98,6 +98,7 @@ def _scores(queries: np.ndarray, features: np.ndarray, metric: str, sq_norms: np
     distance less the query's own norm, which ranks the same."""
     scores = queries @ features.T
     if metric == "euclidean":
+        assert sq_norms is not None, "euclidean scores need the features' squared norms"
         scores = 2.0 * scores - sq_norms[None, :]
     return scores
 

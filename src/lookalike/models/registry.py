@@ -220,7 +220,7 @@ def resolve_spec(
             sha256=file_sha256(path),
             precision=precision or "fp32",
         )
-        return replace(spec, **overrides)
+        return replace(spec, **overrides)  # type: ignore[arg-type]  # keys checked by dataclasses.replace
     known = ", ".join(MODELS)
     raise ModelUnavailable(f"unknown model {model!r}: use one of {known}, or a path to an .onnx file")
 

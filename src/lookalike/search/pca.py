@@ -7,6 +7,7 @@ is L2-normalised again, so the cosine similarity still means what it means every
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Projection:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def save(self, path: str | Path) -> None:
-        arrays = {"mean": self.mean, "components": self.components}
+        arrays: dict[str, Any] = {"mean": self.mean, "components": self.components}
         if self.scale is not None:
             arrays["scale"] = self.scale
         with open(path, "wb") as handle:

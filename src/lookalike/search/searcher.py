@@ -30,10 +30,10 @@ import numpy as np
 from lookalike.errors import EmptyIndex, UsageError
 from lookalike.search.base import NeedsRebuild
 from lookalike.search.exact import ExactIndex
+from lookalike.search.options import ENGINES
 from lookalike.search.pca import Projection
 from lookalike.storage.sqlite import Store
 
-ENGINES = ("auto", "exact", "exact-f16", "hnsw", "ivfpq", "annoy")
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims
 
 

@@ -22,7 +22,6 @@ import random
 import threading
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -38,7 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lookalike import images
 from lookalike.errors import LookalikeError, NotIndexed
 from lookalike.index import Index
-from lookalike.search.searcher import ENGINES
+from lookalike.search.options import Engine as Ann
+from lookalike.search.options import Metric
 from lookalike.server.batcher import EmbeddingBatcher
 from lookalike.server.security import (
     SecurityHeaders,
@@ -61,12 +61,6 @@ class ApiError(Exception):
         self.message = message
 
 
-class Metric(str, Enum):  # noqa: UP042 (FastAPI validates str Enums)
-    cosine = "cosine"
-    euclidean = "euclidean"
-
-
-Ann = Enum("Ann", {name.replace("-", "_"): name for name in ENGINES}, type=str)
 # Ids are SQLite rowids: a larger number is no id, and must not reach SQLite (OverflowError, a 500).
 FileId = Annotated[int, PathParameter(ge=-(2**63), le=2**63 - 1, description="An image id, from a search result")]
 
@@ -237,7 +231,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     def docs(request: Request) -> HTMLResponse:
         given = request.query_params.get("token")  # a browser's token travels in the URL to the schema too
         url = "/openapi.json" + (f"?token={quote(given, safe='')}" if given else "")
-        html = get_swagger_ui_html(openapi_url=url, title="lookalike API").body.decode()
+        html = bytes(get_swagger_ui_html(openapi_url=url, title="lookalike API").body).decode()
         return HTMLResponse(html, headers={"Content-Security-Policy": policy_for(html)})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from html.parser import HTMLParser
 from urllib.parse import urlparse
 
@@ -149,7 +149,7 @@ def request_token(request: Request) -> str | None:
     return request.query_params.get("token")
 
 
-async def limited_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def limited_body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The request body as it arrives, raising TooLarge as soon as more than `limit` bytes came: a chunked
     upload (no Content-Length) is never read, nor spooled, past its limit."""
     received = 0

@@ -275,7 +275,7 @@ class MilvusStore(IndexStore):
                                  output_fields=["path"])
         return rows[0]["path"] if rows else None
 
-    def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+    def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, int]]:
         ids = [int(i) for i in ids if int(i) >= 0]
         if not ids:
             return {}

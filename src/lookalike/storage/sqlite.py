@@ -86,7 +86,10 @@ class IndexStore:
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.from_json(self.meta("model"))
+        model = self.meta("model")
+        if model is None:
+            raise IndexNotFound("this index records no model: it is damaged or not a lookalike index")
+        return ModelSpec.from_json(model)
 
     @property
     def generation(self) -> int:
@@ -279,7 +282,7 @@ class Store(IndexStore):
                    for _, path, size, mtime, sha, width, height, error, blob in rows]
             last = rows[-1][0]
 
-    def files(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+    def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, int]]:
         """id -> (path, width, height) for these ids."""
         out: dict[int, tuple[str, int, int]] = {}
         ids = [int(i) for i in ids]
