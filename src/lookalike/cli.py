@@ -38,9 +38,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+
+
+class _Printable:
+    """sys.stdout or sys.stderr (looked up at each write, as tests swap them) that shows the non-UTF-8 bytes
+    of file names as \\xNN instead of failing on them."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text: str) -> int:
+        from lookalike.images import printable
+
+        return getattr(sys, self.name).write(printable(text))
+
+    def __getattr__(self, attribute: str):
+        return getattr(getattr(sys, self.name), attribute)
+
+
+# Paths and messages are data: no rich markup ("[red]x.jpg" stays itself) and no emoji codes (":smile:").
+out = Console(file=_Printable("stdout"), highlight=False, soft_wrap=True, markup=False, emoji=False)
 out_console = out  # for commands whose options shadow the name `out`
-err = Console(stderr=True, highlight=False)
+err = Console(file=_Printable("stderr"), highlight=False, markup=False, emoji=False)
+
+
+def _raw(line: str) -> None:
+    """One line to stdout as bytes, file names exactly as on disk (for xargs), whatever their encoding."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        print(line)
+    else:
+        buffer.write((line + "\n").encode("utf-8", "surrogateescape"))
+        buffer.flush()
 
 
 class Precision(str, Enum):  # noqa: UP042 (typer needs a str Enum)
@@ -207,9 +237,9 @@ def search(
                               "engine": hits.engine, "seconds": hits.seconds,
                               "results": [hit.__dict__ for hit in hits]}, indent=2))
         elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
-            print(f"rank\t{metric.value}\tpath")
+            _raw(f"rank\t{metric.value}\tpath")
             for hit in hits:
-                print(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
+                _raw(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
         else:
             table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False,
                           caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
@@ -277,7 +307,7 @@ def info(
     if as_json:
         print(json.dumps(facts, indent=2))
         return
-    out.print(f"[bold]{facts['index']}[/bold]")
+    out.print(facts["index"], style="bold")
     out.print(f"  images   {facts['images']} indexed, {facts['failed']} failed")
     out.print(f"  model    {facts['model']}: {facts['dims']}-d, {facts['input_size']}px, {facts['precision']}, "
               f"mean {_fmt(facts['mean'])}, std {_fmt(facts['std'])}")
@@ -310,7 +340,9 @@ def neighbours(
         raise UsageError(f"--out must end in .json or .csv, not {out_file.name!r}")
     partial = out_file.with_name(out_file.name + ".partial")
     count = 0
-    with Index.open(index) as idx, open(partial, "w", newline="") as handle:
+    # surrogateescape: a name that is not UTF-8 goes into the CSV as its own bytes (JSON escapes it)
+    with Index.open(index) as idx, open(partial, "w", newline="", encoding="utf-8",
+                                         errors="surrogateescape") as handle:
         rows = idx.neighbours(k, ann=ann and ann.value)
         if kind == ".csv":
             writer = csv.writer(handle)
@@ -382,8 +414,8 @@ def dupes(
             out.print(f"{len(findings.clusters)} clusters, {duplicates} duplicates among {findings.scanned:,} "
                       f"images ({findings.seconds:.1f} s)")
             for n, cluster in enumerate(findings.clusters, 1):
-                out.print(f"[bold]{n}.[/bold] {cluster.kind}: keep {_shorter(cluster.keep.path)} "
-                          f"([green]{cluster.reason}[/green])")
+                out.print(Text.assemble((f"{n}.", "bold"), f" {cluster.kind}: keep {_shorter(cluster.keep.path)} (",
+                                        (cluster.reason, "green"), ")"))
                 for member in cluster.others:
                     out.print(f"     {_shorter(member.path)}  {evidence(cluster, member.id)}")
         if csv_file is not None:
@@ -534,7 +566,7 @@ def classify(
                           for p, labels in zip(images, results, strict=True)], indent=2))
         return
     for path, labels in zip(images, results, strict=True):
-        out.print(f"[bold]{path}[/bold]")
+        out.print(str(path), style="bold")
         for label in labels:
             out.print(f"  {label.probability:6.1%}  {label.name} ({label.index})")
     if imagenet_names() is None:

@@ -91,6 +91,16 @@ def is_candidate(path: Path) -> bool:
         return False
 
 
+def printable(text: str) -> str:
+    """A path (or any text holding one) as it can be shown: bytes of a file name that are not UTF-8, which
+    Python keeps as surrogate escapes, become \\xNN. For people only; the path itself stays as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def absolute(path: str | os.PathLike) -> Path:
     """A path as an index stores it: absolute, with ~, . and .. folded, but symbolic links kept as named."""
     return Path(os.path.abspath(os.path.expanduser(path)))
@@ -226,6 +236,8 @@ def decode(source: bytes | BinaryIO, draft: tuple[int, int] | None = None,
         return Decoded(None, error=f"too large: more than {MAX_PIXELS:,} pixels (decompression bomb guard)")
     except MemoryError as exc:
         return Decoded(None, width, height, f"too large: {exc}" if str(exc) else "too large: out of memory")
+    except Image.UnidentifiedImageError:  # its message names the Python object read from: say it plainly
+        return Decoded(None, error=f"cannot decode {kind}: not a valid {kind} file")
     except Exception as exc:  # Pillow raises many types for bad bytes; all of them mean "cannot decode"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return Decoded(None, error=f"cannot decode {kind}: {reason[:200]}")

@@ -31,7 +31,7 @@ class Tile:
 def caption_name(path: str) -> str:
     """folder/file: in a collection of folders, the file name alone is often ambiguous."""
     parts = Path(path).parts
-    return "/".join(parts[-2:])
+    return images.printable("/".join(parts[-2:]))
 
 
 def result_grid(query: Image.Image | None, hits: Sequence, out: str | Path, *, columns: int = 6,

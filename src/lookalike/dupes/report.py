@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from lookalike.dupes.find import Cluster, Findings
+from lookalike.images import printable
 from lookalike.viz import BAD, GOOD, caption_name, rows_grid, tile_of
 
 
@@ -39,7 +40,8 @@ def as_dict(findings: Findings) -> dict:
 
 
 def write_csv(findings: Findings, path: str | Path) -> None:
-    with open(path, "w", newline="") as handle:
+    # surrogateescape: a name that is not UTF-8 is written as its own bytes, the file it names exactly
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["cluster", "kind", "role", "path", "width", "height", "size", "evidence", "reason"])
         for n, cluster in enumerate(findings.clusters, 1):
@@ -83,11 +85,12 @@ def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 50
         rows_grid([tiles[i:i + 6] for i in range(0, len(tiles), 6)], folder / f"cluster-{n:04d}.png")
         rows = "".join(
             f"<tr><td class='{'keep' if m.id == cluster.keep.id else ''}'>"
-            f"{'keep' if m.id == cluster.keep.id else 'duplicate'}</td><td>{html.escape(m.path)}</td>"
+            f"{'keep' if m.id == cluster.keep.id else 'duplicate'}</td><td>{html.escape(printable(m.path))}</td>"
             f"<td>{m.width}×{m.height}</td><td>{m.size:,}</td><td>{html.escape(evidence(cluster, m.id))}</td></tr>"
             for m in cluster.members)
         parts.append(f"<h2>{n}. {cluster.kind}, {len(cluster.members)} images</h2>"
-                     f"<p>Keep <b>{html.escape(Path(cluster.keep.path).name)}</b>: {html.escape(cluster.reason)}</p>"
+                     f"<p>Keep <b>{html.escape(printable(Path(cluster.keep.path).name))}</b>: "
+                     f"{html.escape(cluster.reason)}</p>"
                      f"<img src='cluster-{n:04d}.png' alt='cluster {n}'><table><tr><th></th><th>path</th>"
                      f"<th>size</th><th>bytes</th><th>evidence</th></tr>{rows}</table>")
     if len(findings.clusters) > max_clusters:

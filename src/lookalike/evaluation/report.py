@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from pathlib import Path
 
 from lookalike.evaluation.protocol import REFERENCE, EvalResult
+from lookalike.images import printable
 from lookalike.viz import BAD, GOOD, QUERY, caption_name, rows_grid, tile_of
 
 
@@ -60,12 +63,23 @@ def worst_groups(result: EvalResult, count: int = 10) -> list[tuple[str, float]]
     return sorted(result.per_group.items(), key=lambda item: (item[1], item[0]))[:count]
 
 
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>])")
+
+
+def literal(text: str) -> str:
+    """Text from the data (a folder or file name, a model name) as markdown that shows it as it is: HTML
+    escaped, every markdown character (| included, which would split a table row) backslash-escaped, line
+    breaks as spaces, non-UTF-8 bytes of a name as \\xNN."""
+    text = html.escape(printable(" ".join(str(text).splitlines())), quote=False)
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
 def markdown(result: EvalResult, plots: dict[str, str] | None = None) -> str:
     plots = plots or {}
     lines = [
-        f"# lookalike eval: {Path(result.dataset).name}",
+        f"# lookalike eval: {literal(Path(result.dataset).name)}",
         "",
-        f"Model **{result.model}**, {result.images:,} images, {result.groups} groups, k = {result.k}. "
+        f"Model **{literal(result.model)}**, {result.images:,} images, {result.groups} groups, k = {result.k}. "
         f"Reference: {REFERENCE['model']}.",
         "",
         "| figure | lookalike | reference |",
@@ -83,7 +97,7 @@ def markdown(result: EvalResult, plots: dict[str, str] | None = None) -> str:
     if worst:
         lines += ["", f"## The {len(worst)} worst groups by P@{result.k}", "", "| group | images | P@k |",
                   "|---|---|---|"]
-        lines += [f"| {name} | {result.group_sizes.get(name, 0)} | {_pct(value)} |" for name, value in worst]
+        lines += [f"| {literal(name)} | {result.group_sizes.get(name, 0)} | {_pct(value)} |" for name, value in worst]
         if "worst" in plots:
             lines += ["", "Each row: the group's first image (blue frame), then its nearest neighbours; green: same "
                       "group, red: another.", "", f"![worst groups]({plots['worst']})"]

@@ -85,11 +85,12 @@ class Service:
                 index.prepare_search()
 
     def relative(self, path: str) -> str:
-        """A path below the indexed folder it is in, as shown to clients (never the machine's layout)."""
+        """A path below the indexed folder it is in, as shown to clients (never the machine's layout); bytes
+        of a name that are not UTF-8 as \\xNN (JSON cannot carry them)."""
         for root in self.roots:
             if Path(path).is_relative_to(root):
-                return f"{Path(root).name}/{Path(path).relative_to(root).as_posix()}"
-        return Path(path).name
+                return images.printable(f"{Path(root).name}/{Path(path).relative_to(root).as_posix()}")
+        return images.printable(Path(path).name)
 
     def results(self, hits) -> list[dict]:
         return [{"id": h.id, "path": self.relative(h.path), "score": round(h.score, 6), "width": h.width,

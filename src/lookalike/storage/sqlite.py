@@ -10,6 +10,9 @@ Schema (plain tables, readable with the sqlite3 shell):
   files(id, path, size, mtime_ns, sha256, width, height, status, error, indexed_at)
   vectors(file_id, vector)    float32 little-endian blobs, one per file with status "ok"
   roots(path, added_at)       folders indexed as a whole; re-indexing one drops files gone from it
+
+Paths are TEXT holding a file name's bytes exactly, UTF-8 or not (see _key): a Latin-1 name from an old
+camera or share is stored and found again like any other.
 """
 
 from __future__ import annotations
@@ -180,9 +183,10 @@ class Store(IndexStore):
         sql = "SELECT path, size, mtime_ns, sha256, status FROM files"
         args: tuple = ()
         if under is not None:
-            prefix = under.rstrip("/") + "/"
-            sql += " WHERE substr(path, 1, ?) = ?"
-            args = (len(prefix), prefix)
+            prefix = _key(under.rstrip("/") + "/")
+            width = len(prefix.encode() if isinstance(prefix, str) else prefix)
+            sql += " WHERE substr(CAST(path AS BLOB), 1, ?) = CAST(? AS BLOB)"  # bytes, as names may not be UTF-8
+            args = (width, prefix)
         return {row[0]: Known(*row[1:]) for row in self.db.execute(sql, args)}
 
     def write(self, records: Sequence[FileRecord]) -> None:
@@ -193,11 +197,11 @@ class Store(IndexStore):
                 status = "ok" if rec.vector is not None else "failed"
                 # A changed file gets a new id (ids are never reused): derived indexes tell what changed
                 # from ids alone.
-                self.db.execute("DELETE FROM files WHERE path = ?", (rec.path,))
+                self.db.execute("DELETE FROM files WHERE path = CAST(? AS TEXT)", (_key(rec.path),))
                 file_id = self.db.execute(
                     "INSERT INTO files (path, size, mtime_ns, sha256, width, height, status, error, indexed_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (rec.path, rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height, status,
+                    " VALUES (CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (_key(rec.path), rec.size, rec.mtime_ns, rec.sha256, rec.width, rec.height, status,
                      rec.error or None, now),
                 ).fetchone()[0]
                 if rec.vector is not None:
@@ -217,21 +221,21 @@ class Store(IndexStore):
     def touch(self, items: Iterable[tuple[str, int, int]]) -> None:
         """Record new (size, mtime) for files whose bytes did not change (same hash): no re-embedding."""
         with self.transaction():
-            self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                                [(size, mtime, path) for path, size, mtime in items])
+            self.db.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = CAST(? AS TEXT)",
+                                [(size, mtime, _key(path)) for path, size, mtime in items])
 
     def remove(self, paths: Iterable[str]) -> int:
         with self.transaction():
             removed = 0
             for path in paths:
-                removed += self.db.execute("DELETE FROM files WHERE path = ?", (path,)).rowcount
+                removed += self.db.execute("DELETE FROM files WHERE path = CAST(? AS TEXT)", (_key(path),)).rowcount
             if removed:
                 self._bump()
         return removed
 
     def add_root(self, path: str) -> None:
         with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO roots VALUES (?, ?)", (path, time.time()))
+            self.db.execute("INSERT OR IGNORE INTO roots VALUES (CAST(? AS TEXT), ?)", (_key(path), time.time()))
 
     def roots(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT path FROM roots ORDER BY path")]
@@ -248,7 +252,8 @@ class Store(IndexStore):
 
     def vector_of(self, path: str) -> np.ndarray | None:
         row = self.db.execute(
-            "SELECT v.vector FROM vectors v JOIN files f ON f.id = v.file_id WHERE f.path = ?", (path,)
+            "SELECT v.vector FROM vectors v JOIN files f ON f.id = v.file_id WHERE f.path = CAST(? AS TEXT)",
+            (_key(path),)
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
 
@@ -258,7 +263,7 @@ class Store(IndexStore):
         return {row[0]: (row[1], row[2] or 0, row[3] or 0, row[4], row[5], row[6]) for row in rows}
 
     def id_of(self, path: str) -> int | None:
-        row = self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute("SELECT id FROM files WHERE path = CAST(? AS TEXT)", (_key(path),)).fetchone()
         return None if row is None else row[0]
 
     def image_path(self, file_id: int) -> str | None:
@@ -321,8 +326,24 @@ def _format_of(path: Path) -> str | None:
         probe.close()
 
 
+def _key(path: str) -> str | bytes:
+    """A path as SQL parameter, always bound as `CAST(? AS TEXT)`: itself, or, for a name that is not UTF-8
+    (its bytes kept by Python as surrogate escapes), its bytes, which SQLite stores as TEXT unchanged. Read
+    back through _text, it is the same str again: no name is lost or refused."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.text_factory = _text
     db.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode survives any crash of this process; only an OS crash may drop the last commits.
     db.execute("PRAGMA synchronous = NORMAL")
