@@ -14,7 +14,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import IO, Annotated, Any, Optional, cast
 
 import typer
 from rich.console import Console
@@ -57,9 +57,9 @@ class _Printable:
 
 
 # Paths and messages are data: no rich markup ("[red]x.jpg" stays itself) and no emoji codes (":smile:").
-out = Console(file=_Printable("stdout"), highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = Console(file=cast(IO[str], _Printable("stdout")), highlight=False, soft_wrap=True, markup=False, emoji=False)
 out_console = out  # for commands whose options shadow the name `out`
-err = Console(file=_Printable("stderr"), highlight=False, markup=False, emoji=False)
+err = Console(file=cast(IO[str], _Printable("stderr")), highlight=False, markup=False, emoji=False)
 
 
 def _raw(line: str) -> None:
