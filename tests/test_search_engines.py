@@ -12,6 +12,7 @@ import pytest
 from lookalike import Index
 from lookalike.search.annoy_index import AnnoyIndex
 from lookalike.search.base import NeedsRebuild
+from lookalike.search.cache import SearchCache
 from lookalike.search.exact import ExactIndex, HalfExactIndex
 from lookalike.search.hnsw import HNSWIndex
 from lookalike.search.ivfpq import IVFPQIndex
@@ -36,6 +37,11 @@ def store_with(tmp_path, vectors: np.ndarray, tiny_spec) -> Store:
     store = Store.create(tmp_path / "v.lookalike", tiny_spec(vectors.shape[1]))
     store.write([FileRecord(f"/img/{i:06d}.jpg", 1, 1, None, vector=v) for i, v in enumerate(vectors)])
     return store
+
+
+def saved_engine(folder, kind: str):
+    """The folder the cache's manifest names for a saved engine."""
+    return folder / json.loads((folder / "manifest.json").read_text())["engines"][kind]["folder"]
 
 
 @pytest.fixture
@@ -124,7 +130,7 @@ def test_engines_follow_the_store_through_adds_removes_and_reopening(tmp_path, t
     settings = SearchSettings(ann="hnsw")
     first = Searcher(store, settings)
     first.search(x[:5], 5)
-    assert (first.folder / "hnsw" / "index.faiss").is_file()
+    assert (saved_engine(first.folder, "hnsw") / "index.faiss").is_file()
     store.write([FileRecord(f"/img/new{i}.jpg", 1, 1, None, vector=v) for i, v in enumerate(x[1200:])])
     gone = [f"/img/{i:06d}.jpg" for i in range(100)]
     store.remove(gone)
@@ -145,8 +151,8 @@ def test_a_damaged_or_stale_cache_is_rebuilt_not_trusted(tmp_path, tiny_spec):
     truth = Searcher(store).search(x[:10], 5).ids
     searcher = Searcher(store, settings)
     searcher.search(x[:1], 5)
-    (searcher.folder / "hnsw" / "index.faiss").write_bytes(b"not a faiss index")  # a torn write
-    (searcher.folder / "state.json").write_text("{")
+    (saved_engine(searcher.folder, "hnsw") / "index.faiss").write_bytes(b"not a faiss index")  # a torn write
+    (searcher.folder / "manifest.json").write_text("{")
     np.testing.assert_array_equal(Searcher(store, settings).search(x[:10], 5).ids, truth)
     shutil.rmtree(searcher.folder)
     np.testing.assert_array_equal(Searcher(store, settings).search(x[:10], 5).ids, truth)
@@ -169,7 +175,7 @@ def test_an_index_in_a_read_only_place_still_searches(tmp_path, tiny_spec, monke
     x = clustered(200, 16, seed=8)
     store = store_with(tmp_path, x, tiny_spec)
     searcher = Searcher(store, SearchSettings(ann="hnsw"))
-    monkeypatch.setattr(Searcher, "_write_state", lambda self, state: (_ for _ in ()).throw(OSError("read-only")))
+    monkeypatch.setattr(SearchCache, "_commit", lambda self, manifest: (_ for _ in ()).throw(OSError("read-only")))
     assert searcher.search(x[:3], 3).scores[:, 0].min() > 0.999
 
 

@@ -9,6 +9,7 @@ Messages and paths are data: they are printed as plain Text, never read as rich 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -179,7 +180,7 @@ def index(
                 memory_budget=current.memory_budget if memory_budget is None else _bytes(memory_budget)))
         summary = _add(idx, photos, quiet=quiet, workers=workers, batch_size=batch_size, sync=not keep_missing)
         total = len(idx)
-        engine = idx.prepare_search()
+        engine = idx.prepare_search(say=None if quiet else lambda message: err.print(Text(message + "…")))
     out.print(
         f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
         f"{summary.failed} failed in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s); "
@@ -783,7 +784,25 @@ def _fail(label: str, message: str, status: int) -> None:
     sys.exit(status)
 
 
+class _LibraryMessages(logging.Handler):
+    """What the library says through the `lookalike` logger (a cache rebuilt or not saved, an index being built
+    inside a search) as one plain line on stderr: data in it (paths) is never read as markup."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        err.print(Text(prefix + record.getMessage()), soft_wrap=True)
+
+
+def _show_library_messages() -> None:
+    logger = logging.getLogger("lookalike")
+    if not any(isinstance(h, _LibraryMessages) for h in logger.handlers):
+        logger.addHandler(_LibraryMessages())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main() -> None:
+    _show_library_messages()
     try:
         app()
     except LookalikeError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,12 +231,13 @@ class Index:
         settings.save(self.store)
         self.searcher = Searcher(self.store, settings)
 
-    def prepare_search(self) -> str:
-        """Build or update the engine that will answer, so that the first query is fast; returns its name."""
+    def prepare_search(self, say: Callable[[str], None] | None = None) -> str:
+        """Build or update (and save) the engine that will answer, so that no search has to: `lookalike index`
+        calls this at the end. `say` is told what is built or updated. Returns the engine's name."""
         if len(self) == 0:
             return "exact"
         engine = self.searcher.choice().engine
-        self.searcher.engine(engine)
+        self.searcher.engine(engine, save=True, say=say)
         return engine
 
     def neighbours(self, k: int = 10, *, ann: str | None = None, batch: int = 1024):

@@ -16,19 +16,21 @@ from lookalike.search.base import as_queries, faiss_answer, import_faiss
 
 
 class ExactIndex:
-    """Brute-force k-NN over float32 [n, d] unit vectors, labelled by int64 ids."""
+    """Brute-force k-NN over float32 [n, d] unit vectors, labelled by int64 ids. `skip` (bool [n]) marks rows
+    that are never answered (tombstones of removed files, still in a memory-mapped matrix)."""
 
     kind = "exact"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, skip: np.ndarray | None = None):
         if vectors.ndim != 2 or len(ids) != len(vectors):
             raise ValueError(f"ids [{len(ids)}] and vectors {vectors.shape} do not match")
         self.ids = np.asarray(ids, dtype=np.int64)
         self.vectors = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
         self.dims = vectors.shape[1]
+        self.skip = skip if skip is not None and skip.any() else None
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) - (0 if self.skip is None else int(self.skip.sum()))
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """queries float32 [m, d] -> (cosine similarities float32 [m, k'], ids int64 [m, k']), best first.
@@ -37,10 +39,12 @@ class ExactIndex:
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         scores = queries @ self.vectors.T
+        if self.skip is not None:
+            scores[:, self.skip] = -np.inf
         if exclude is not None:
             scores[np.asarray(exclude)[:, None] == self.ids[None, :]] = -np.inf
         n = scores.shape[1]
-        k = min(k, n)
+        k = min(k, len(self))
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
@@ -52,7 +56,7 @@ class ExactIndex:
         return top_scores[:, keep], self.ids[top][:, keep]
 
     def ids_held(self) -> np.ndarray:
-        return self.ids
+        return self.ids if self.skip is None else self.ids[~self.skip]
 
     def memory_bytes(self) -> int:
         return self.vectors.nbytes + self.ids.nbytes

@@ -1,16 +1,12 @@
 """Searcher: the search structures derived from a store, kept in step with it, and the answers they give.
 
-The store (SQLite) is the truth. Everything here is a cache beside it, in `INDEX-cache/`:
-
-    vectors.npy, ids.npy   every vector, float32 [n, d], memory-mapped; rewritten when the store changes
-    state.json             the store generation those two were made at
-    pca.npz                the PCA projection, when the index uses one (fitted once, on the collection)
-    <engine>/              an approximate index (hnsw, ivfpq, annoy, exact-f16) and what it holds
-
-Nothing here is the only copy of anything: a file that is missing, stale or half-written (a crash) is
-rebuilt or brought up to date from the store. An engine records the ids it holds, so bringing it up to
-date is a difference of id sets: new ids are added, gone ids removed (a changed file gets a new id), in
-place where the library allows it, else by building again.
+The store (SQLite) is the truth. Everything here is a cache beside it, in `INDEX-cache/` (cache.py: the
+memory-mapped vectors, the PCA projection, saved engines, one manifest naming them, a lock for writers).
+Nothing there is the only copy of anything: a file that is missing, stale, damaged or half-written (a
+crash) is rebuilt or brought up to date from the store. An engine records the ids it holds, so bringing it
+up to date is a difference of id sets: new ids are added, gone ids removed (a changed file gets a new id),
+in place where the library allows it, else by building again. Within one process an engine stays in
+memory and follows the store change by change.
 
 Approximate answers are re-ranked: the engine proposes a shortlist, and the exact cosine on the full
 vectors orders it, so PCA and product quantisation cost recall only where the shortlist misses.
@@ -19,22 +15,27 @@ vectors orders it, so PCA and product quantisation cost recall only where the sh
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from lookalike.errors import EmptyIndex, UsageError
 from lookalike.search.base import NeedsRebuild
+from lookalike.search.cache import SearchCache, Vectors
 from lookalike.search.exact import ExactIndex
 from lookalike.search.options import ENGINES
 from lookalike.search.pca import Projection
 from lookalike.storage.sqlite import Store
 
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims
+PCA_SAMPLE = 100_000  # PCA is fitted on at most this many vectors
+SAVE_SHARE = 0.01  # an updated engine is saved again once the changes not yet saved reach this share...
+ALWAYS_SAVE = 100_000  # ...or always, up to this many vectors (saving is cheap there)
+ANNOUNCE_BUILD = 10_000  # a build inside a search says so (through the logger) from this many vectors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,133 +108,144 @@ class Searcher:
     def __init__(self, store: Store, settings: SearchSettings | None = None):
         self.store = store
         self.settings = settings or SearchSettings.of(store)
-        self.folder = Path(str(store.path) + "-cache")
+        self.cache = SearchCache(store)
+        self.folder = self.cache.folder
         self._generation = -1
-        self.ids = np.empty(0, np.int64)
-        self.vectors = np.empty((0, store.spec.dims), np.float32)
+        self.data = Vectors(-1, np.empty(0, np.int64), np.empty((0, store.spec.dims), np.float32),
+                            np.zeros(0, bool))
         self.projection: Projection | None = None
+        self._projection_sum: str | None = None
         self._engines: dict[str, object] = {}
+        self._engine_generation: dict[str, int] = {}
+        self._unsaved: dict[str, int] = {}
         self._exact_space: ExactIndex | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 [n]: the ids of every indexed vector, ascending."""
+        return self.data.ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 [rows, d], memory-mapped: every cached row, in the order of `row_ids` (dead rows included)."""
+        return self.data.matrix
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        return self.data.row_ids
 
     # -- keeping in step ---------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Bring the vector matrix and PCA up to the store's generation (cheap when nothing changed)."""
-        generation = self.store.generation
-        if generation == self._generation:
+        """Bring the vectors and PCA up to the store's generation (cheap when nothing changed)."""
+        if self.store.generation == self._generation:
             return
-        state = self._read_state()
-        if state.get("generation") == generation and (self.folder / "vectors.npy").is_file():
-            self.ids = np.load(self.folder / "ids.npy")
-            self.vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
-        else:
-            self.ids, vectors = self.store.vectors()
-            self.vectors = self._write_matrix(vectors, generation)
-        self._generation = generation
+        self.data = self.cache.vectors()
+        self._generation = self.data.generation
         self._exact_space = None
-        self._engines.clear()  # loaded again, and brought up to date, on next use
+        previous = self._projection_sum
         self.projection = self._projection()
-
-    def _write_matrix(self, vectors: np.ndarray, generation: int) -> np.ndarray:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_save(self.folder / "ids.npy", self.ids)
-            _atomic_save(self.folder / "vectors.npy", vectors)
-            self._write_state({"generation": generation})
-            return np.load(self.folder / "vectors.npy", mmap_mode="r")
-        except OSError:  # a read-only place: search from memory, rebuild next time
-            return vectors
+        if self._projection_sum != previous:
+            self._engines.clear()  # they search the old projection's space
 
     def _projection(self) -> Projection | None:
         dims = self.settings.pca
-        if not dims or dims >= self.vectors.shape[1]:
-            return None
-        path = self.folder / "pca.npz"
-        state = self._read_state()
-        if path.is_file() and state.get("pca") == [dims, self.settings.whiten]:
-            return Projection.load(path)
-        if len(self.ids) < dims:
-            return None  # too few images to fit it yet: full dims until there are
-        projection = Projection.fit(np.asarray(self.vectors), dims, whiten=self.settings.whiten)
-        try:
-            projection.save(path)
-            self._write_state({**state, "pca": [dims, self.settings.whiten]})
-        except OSError:
-            pass
+        if not dims or dims >= self.vectors.shape[1] or len(self.ids) < dims:
+            self._projection_sum = None
+            return None  # full dims, or too few images to fit it yet: full dims until there are
+
+        def fit() -> Projection:
+            rows = self.data.alive
+            if len(rows) > PCA_SAMPLE:  # a sample fits the same axes, in a fraction of the time and memory
+                rows = np.sort(np.random.default_rng(0).choice(rows, PCA_SAMPLE, replace=False))
+            return Projection.fit(np.asarray(self.vectors[rows]), dims, whiten=self.settings.whiten)
+
+        projection, self._projection_sum = self.cache.projection(dims, self.settings.whiten, fit, Projection.load)
         return projection
 
     def space(self, vectors: np.ndarray) -> np.ndarray:
         """Full vectors -> the vectors engines index (PCA-projected and re-normalised, when set)."""
         return self.projection.transform(vectors) if self.projection is not None else vectors
 
-    def engine(self, kind: str):
-        """The engine of this kind, loaded or built, holding exactly the store's vectors."""
+    def _live_space(self) -> np.ndarray:
+        """The engines' vectors of every live row, float32 [n, d'], projected a block at a time."""
+        rows = None if not self.data.dead.any() else self.data.alive
+        count = len(self.vectors) if rows is None else len(rows)
+        if self.projection is None:
+            return np.asarray(self.vectors if rows is None else self.vectors[rows])
+        out = np.empty((count, self.projection.dims), np.float32)
+        for start in range(0, count, 100_000):
+            block = self.vectors[start:start + 100_000] if rows is None else self.vectors[rows[start:start + 100_000]]
+            out[start:start + len(block)] = self.space(np.asarray(block))
+        return out
+
+    def engine(self, kind: str, *, save: bool = False, say=None):
+        """The engine of this kind, loaded or built, holding exactly the store's vectors. `save`: write it to
+        the cache even after a small update (what `lookalike index` does); `say`: told what is built."""
         self.refresh()
         if kind == "exact":
             if self._exact_space is None:
-                self._exact_space = ExactIndex(self.ids, np.asarray(self.space(self.vectors)))
+                dead = self.data.dead if self.data.dead.any() else None
+                space = self.vectors if self.projection is None else self.space(np.asarray(self.vectors))
+                self._exact_space = ExactIndex(self.row_ids, np.asarray(space), skip=dead)
             return self._exact_space
-        if kind in self._engines:
-            return self._engines[kind]
-        engine = self._load_engine(kind)
-        engine = self._build_engine(kind) if engine is None else self._update_engine(kind, engine)
+        engine = self._engines.get(kind)
+        if engine is None:
+            engine = self.cache.load_engine(kind, self._engine_stamp(), _engine_class(kind).load)
+            self._unsaved[kind] = 0
+        if engine is None:
+            engine = self._build_engine(kind, say)
+        elif self._engine_generation.get(kind) != self._generation:
+            engine = self._update_engine(kind, engine, save, say)
+        elif save and self._unsaved.get(kind):
+            self._save_engine(kind, engine)
         self._engines[kind] = engine
+        self._engine_generation[kind] = self._generation
         return engine
 
-    def _engine_folder(self, kind: str) -> Path:
-        return self.folder / kind
-
     def _engine_stamp(self) -> dict:
-        return {"pca": self.settings.pca if self.projection is not None else 0, "whiten": self.settings.whiten}
+        return {"pca": self.projection.dims if self.projection is not None else 0, "whiten": self.settings.whiten,
+                "projection": self._projection_sum}
 
-    def _load_engine(self, kind: str):
-        folder = self._engine_folder(kind)
-        try:
-            stamp = json.loads((folder / "stamp.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if stamp != self._engine_stamp():
-            return None
-        try:
-            return _engine_class(kind).load(folder)
-        except Exception:  # a half-written or foreign file: it is only a cache
-            return None
-
-    def _build_engine(self, kind: str):
-        cls = _engine_class(kind)
-        engine = cls.build(self.ids, self.space(np.asarray(self.vectors)))
+    def _build_engine(self, kind: str, say=None):
+        n = len(self.ids)
+        message = f"building the {kind} index over {n:,} images"
+        if say is not None:
+            say(message)
+        elif n >= ANNOUNCE_BUILD:
+            log.info(message + " (`lookalike index` builds it ahead of the first search)")
+        engine = _engine_class(kind).build(self.ids, self._live_space())
         self._save_engine(kind, engine)
         return engine
 
-    def _update_engine(self, kind: str, engine):
+    def _update_engine(self, kind: str, engine, save: bool, say=None):
         held = engine.ids_held()
         new = np.setdiff1d(self.ids, held, assume_unique=True)
         gone = np.setdiff1d(held, self.ids, assume_unique=True)
         if not len(new) and not len(gone):
+            if save and self._unsaved.get(kind):
+                self._save_engine(kind, engine)
             return engine
+        if say is not None:
+            say(f"updating the {kind} index: {len(new):,} added, {len(gone):,} removed")
         try:
             if len(gone):
                 engine.remove(gone)
             if len(new):
-                rows = np.searchsorted(self.ids, new)
+                rows = np.searchsorted(self.row_ids, new)
                 engine.add(new, self.space(np.asarray(self.vectors[rows])))
         except NeedsRebuild:
-            return self._build_engine(kind)
-        self._save_engine(kind, engine)
+            return self._build_engine(kind, say)
+        self._unsaved[kind] = self._unsaved.get(kind, 0) + len(new) + len(gone)
+        # Saving rewrites the whole engine (1.3 GB for HNSW at a million): after a small change it is cheaper to
+        # re-apply the change on the next load, so save only past a share of the collection, or when asked.
+        if save or self._unsaved[kind] >= max(1, SAVE_SHARE * len(self.ids)) or len(self.ids) <= ALWAYS_SAVE:
+            self._save_engine(kind, engine)
         return engine
 
     def _save_engine(self, kind: str, engine) -> None:
-        folder = self._engine_folder(kind)
-        partial = folder.with_name(folder.name + ".partial")
-        try:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            engine.save(partial)
-            (partial / "stamp.json").write_text(json.dumps(self._engine_stamp()))
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.rename(folder)  # a crash before this leaves the old folder or none: both are safe
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
+        if self.cache.save_engine(kind, self._engine_stamp(), engine):
+            self._unsaved[kind] = 0
 
     # -- answering --------------------------------------------------------------------------------
 
@@ -265,15 +277,17 @@ class Searcher:
                                                         "search_s": time.perf_counter() - ready})
 
     def _rerank(self, queries: np.ndarray, shortlist: np.ndarray, k: int, exclude: np.ndarray | None):
-        return rerank(queries, shortlist, self.ids, self.vectors, k, exclude)
+        return rerank(queries, shortlist, self.row_ids, self.vectors, k, exclude)
 
     def neighbours(self, k: int, *, ann: str | None = None, batch: int = 1024):
         """Every indexed image's k nearest others, in batches: yields (ids int64 [b], neighbour ids int64
         [b, k], scores float32 [b, k]). Memory stays at one batch of scores, never n x n."""
         self.refresh()
-        for start in range(0, len(self.ids), batch):
-            ids = self.ids[start:start + batch]
-            answer = self.search(np.asarray(self.vectors[start:start + batch]), k, ann=ann, exclude=ids)
+        alive = self.data.alive
+        for start in range(0, len(alive), batch):
+            rows = alive[start:start + batch]
+            ids = self.row_ids[rows]
+            answer = self.search(np.asarray(self.vectors[rows]), k, ann=ann, exclude=ids)
             yield ids, answer.ids, answer.scores
 
     def describe(self) -> dict:
@@ -282,26 +296,11 @@ class Searcher:
         choice = self.choice()
         facts = {"engine": choice.engine, "reason": choice.reason, "settings": asdict(self.settings),
                  "pca": self.projection.dims if self.projection is not None else None, "vectors": len(self.ids)}
-        built = self._engine_folder(choice.engine)
         if choice.engine == "exact":
             facts["memory_bytes"] = len(self.ids) * (self.space(self.vectors[:1]).shape[1] * 4 + 8)
-        elif built.is_dir():
-            facts["on_disk_bytes"] = sum(p.stat().st_size for p in built.iterdir() if p.is_file())
+        elif (on_disk := self.cache.engine_bytes(choice.engine)) is not None:
+            facts["on_disk_bytes"] = on_disk
         return facts
-
-    # -- state file --------------------------------------------------------------------------------
-
-    def _read_state(self) -> dict:
-        try:
-            return json.loads((self.folder / "state.json").read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _write_state(self, state: dict) -> None:
-        path = self.folder / "state.json"
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps({**self._read_state(), **state}))
-        os.replace(partial, path)
 
 
 def rerank(queries: np.ndarray, shortlist: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
@@ -331,9 +330,3 @@ def _engine_class(kind: str):
     from lookalike.search.ivfpq import IVFPQIndex
 
     return {"hnsw": HNSWIndex, "ivfpq": IVFPQIndex, "annoy": AnnoyIndex, "exact-f16": HalfExactIndex}[kind]
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    partial = path.with_suffix(".partial.npy")
-    np.save(partial, array)
-    os.replace(partial, path)

@@ -330,8 +330,8 @@ class MilvusSearcher:
             raise UsageError(f"on Milvus, Milvus' own HNSW index answers: drop --ann {ann}")
         return Choice("milvus", "the index lives in Milvus (HNSW, inner product)")
 
-    def engine(self, kind: str):
-        return None
+    def engine(self, kind: str, **_):
+        return None  # Milvus builds and keeps its own index
 
     def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
                exclude: np.ndarray | None = None):

@@ -10,6 +10,10 @@ Schema (plain tables, readable with the sqlite3 shell):
   files(id, path, size, mtime_ns, sha256, width, height, status, error, indexed_at)
   vectors(file_id, vector)    float32 little-endian blobs, one per file with status "ok"
   roots(path, added_at)       folders indexed as a whole; re-indexing one drops files gone from it
+  removed(file_id, generation) every vector ever deleted and the generation it was deleted at (a trigger
+                              fills it), so that the search cache can follow the store in proportion to
+                              what changed: new ids are those above the last it holds (ids only grow),
+                              gone ones are listed here
 
 Paths are TEXT holding a file name's bytes exactly, UTF-8 or not (see _key): a Latin-1 name from an old
 camera or share is stored and found again like any other.
@@ -17,6 +21,7 @@ camera or share is stored and found again like any other.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,6 +56,17 @@ CREATE TABLE IF NOT EXISTS vectors (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY, added_at REAL NOT NULL);
+"""
+
+# Added after format 1 shipped: created on open where missing (a store that predates it has no log of what
+# was removed before, and its search cache, of an older layout, is rebuilt whole once).
+CHANGE_LOG = """
+CREATE TABLE IF NOT EXISTS removed (file_id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_generation ON removed(generation);
+CREATE TRIGGER IF NOT EXISTS vectors_removed AFTER DELETE ON vectors BEGIN
+    INSERT OR REPLACE INTO removed VALUES
+        (OLD.file_id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
+END;
 """
 
 
@@ -120,7 +136,11 @@ class Store(IndexStore):
             raise IndexNotFound(f"no index at {path}: build one with `lookalike index PHOTOS_DIR --index {path}`")
         if _format_of(path) != FORMAT:
             raise IndexNotFound(f"{path} is not a lookalike index (choose another --index path)")
-        return cls(path, _connect(path))
+        db = _connect(path)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'vectors_removed'").fetchone() is None:
+            with contextlib.suppress(sqlite3.OperationalError):  # read-only: the cache is rebuilt whole when stale
+                db.executescript(CHANGE_LOG)
+        return cls(path, db)
 
     @classmethod
     def create(cls, path: str | Path, spec: ModelSpec) -> Store:
@@ -132,7 +152,7 @@ class Store(IndexStore):
         partial = path.with_name(path.name + ".creating")
         partial.unlink(missing_ok=True)
         db = _connect(partial)
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + CHANGE_LOG)
         with _Transaction(db):
             for key, value in {
                 "format": FORMAT,
@@ -166,6 +186,20 @@ class Store(IndexStore):
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read inside sees the same generation, whatever others commit."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    @property
+    def identity(self) -> str:
+        """Tells this index from another one made later at the same path (its creation time)."""
+        return self.meta("created_at") or ""
 
     # -- metadata --------------------------------------------------------------------------------
 
@@ -249,6 +283,30 @@ class Store(IndexStore):
         ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
         return ids, matrix.astype(np.float32, copy=False)
+
+    def vector_batches(self, after_id: int = -1, batch: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64 [b], vectors float32 [b, d]) of every file with a vector and an id above `after_id`,
+        in id order, a batch at a time: the whole collection never sits in Python objects at once."""
+        dims = self.spec.dims
+        while True:
+            rows = self.db.execute("SELECT file_id, vector FROM vectors WHERE file_id > ? ORDER BY file_id LIMIT ?",
+                                   (after_id, batch)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dims)
+            yield ids, matrix.astype(np.float32)
+            after_id = int(ids[-1])
+
+    def removed_since(self, generation: int) -> np.ndarray | None:
+        """int64 ids of the vectors deleted at or after `generation`, ascending; None when this store keeps no
+        log of them (an old, read-only file)."""
+        try:
+            rows = self.db.execute("SELECT file_id FROM removed WHERE generation >= ? ORDER BY file_id",
+                                   (generation,)).fetchall()
+        except sqlite3.OperationalError:
+            return None
+        return np.array([row[0] for row in rows], dtype=np.int64)
 
     def vector_of(self, path: str) -> np.ndarray | None:
         row = self.db.execute(

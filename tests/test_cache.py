@@ -1,0 +1,231 @@
+"""The search cache (INDEX-cache/) under attack: several processes at once, damaged files, a full disk.
+
+The store (SQLite) is the truth; the cache beside it must never answer from half an update or from damaged
+files, and must say (one line, through the `lookalike` logger the CLI prints) when it rebuilt or could not
+save something. Issue 14, items 6-8.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.search.hnsw import HNSWIndex
+from lookalike.search.searcher import Searcher, SearchSettings
+from lookalike.storage.sqlite import FileRecord, Store
+from tests.conftest import run_cli
+from tests.test_search_engines import clustered, families  # noqa: F401  (fixture)
+
+DIMS = 16
+
+
+@pytest.fixture
+def spec():
+    from lookalike.models.registry import ModelSpec
+
+    return ModelSpec(name="synthetic", source="file", dims=DIMS, input_size=32, path="/none")
+
+
+def make_store(path: Path, spec, vectors: np.ndarray) -> Store:
+    store = Store.create(path, spec)
+    store.write([FileRecord(f"/img/{i:06d}.jpg", 1, 1, None, vector=v) for i, v in enumerate(vectors)])
+    return store
+
+
+def truth(store: Store, queries: np.ndarray, k: int) -> np.ndarray:
+    ids, vectors = store.vectors()
+    return ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]]
+
+
+def cache_file(folder: Path, prefix: str) -> Path:
+    """The one cache file whose name starts with `prefix` (vectors, ids, pca), whatever the layout names it."""
+    found = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.is_file() and "partial" not in p.name]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# -- 6: several processes at once -------------------------------------------------------------------------
+
+def _worker(path: str, role: str, seed: int, seconds: float, ann: str, out) -> None:
+    """Write (add, remove) or read, searching every vector's self-query; report what went wrong."""
+    import numpy as np
+
+    from lookalike.search.searcher import Searcher, SearchSettings
+    from lookalike.storage.sqlite import FileRecord, Store
+
+    rng = np.random.default_rng(seed)
+    errors: list[str] = []
+    checked = 0
+    try:
+        store = Store.open(path)
+        searcher = Searcher(store, SearchSettings(ann=ann))
+        stop = time.monotonic() + seconds
+        mine: list[str] = []
+        while time.monotonic() < stop:
+            if role == "writer":
+                x = rng.normal(size=(20, DIMS)).astype(np.float32)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
+                names = [f"/w{seed}/{len(mine) + i}.jpg" for i in range(20)]
+                store.write([FileRecord(name, 1, 1, None, vector=v) for name, v in zip(names, x, strict=True)])
+                expected = np.array([store.id_of(name) for name in names])
+                mine += names
+                if len(mine) > 60:
+                    store.remove(mine[:10])  # only older ones: the 20 just written stay
+                    mine = mine[10:]
+                queries = x
+            else:
+                ids, vectors = store.vectors()
+                pick = rng.choice(len(ids), min(10, len(ids)), replace=False)
+                queries, expected = vectors[pick], ids[pick]
+            answer = searcher.search(queries, 1)
+            for row, want in enumerate(expected):
+                found = int(answer.ids[row, 0])
+                if found != want and int(want) in store.files([int(want)]):  # a reader's pick may be removed since
+                    errors.append(f"{role}: self-query of {want} answered {found} at {answer.scores[row, 0]:.3f}")
+                checked += 1
+    except BaseException as exc:
+        errors.append(f"{role}: {type(exc).__name__}: {exc}")
+    out.put((role, checked, errors[:5]))
+
+
+@pytest.mark.parametrize("ann", ["exact", "hnsw"])
+def test_several_processes_writing_and_searching_one_index_never_see_half_an_update(tmp_path, spec, ann):
+    path = tmp_path / "busy.lookalike"
+    make_store(path, spec, clustered(3000, DIMS, seed=11)).close()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    roles = ["writer", "writer", "reader", "reader"]
+    workers = [context.Process(target=_worker, args=(str(path), role, n, 6.0, ann, out))
+               for n, role in enumerate(roles)]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert all(worker.exitcode == 0 for worker in workers), [w.exitcode for w in workers]
+    errors = [e for _, _, errs in results for e in errs]
+    assert not errors, errors
+    assert all(checked > 0 for _, checked, _ in results), results
+
+
+def test_a_manifest_naming_other_files_is_not_trusted(tmp_path, spec, caplog):
+    x = clustered(500, DIMS, seed=12)
+    store = make_store(tmp_path / "m.lookalike", spec, x)
+    Searcher(store).search(x[:1], 1)
+    folder = Path(str(store.path) + "-cache")
+    vectors = cache_file(folder, "vectors")
+    other = make_store(tmp_path / "other.lookalike", spec, clustered(500, DIMS, seed=13))
+    Searcher(other).search(x[:1], 1)  # another index's cache, same shapes
+    other_vectors = cache_file(Path(str(other.path) + "-cache"), "vectors")
+    vectors.write_bytes(other_vectors.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        found = Searcher(store).search(x[:20], 5).ids
+    np.testing.assert_array_equal(found, truth(store, x[:20], 5))
+    assert "rebuilt" in caplog.text
+
+
+# -- 7: damaged files -------------------------------------------------------------------------------------
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _reverse_rows(path: Path) -> None:
+    if path.suffix == ".npy":
+        np.save(path, np.load(path)[::-1])
+    else:
+        rows = np.fromfile(path, np.float32).reshape(-1, DIMS)
+        rows[::-1].tofile(path)
+
+
+DAMAGE = {
+    "truncated vectors": ("vectors", _truncate),
+    "empty vectors": ("vectors", lambda p: p.write_bytes(b"")),
+    "random bytes in ids": ("ids", lambda p: p.write_bytes(np.random.default_rng(0).bytes(p.stat().st_size))),
+    "truncated pca": ("pca", _truncate),
+    "rows reversed": ("vectors", _reverse_rows),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_rebuilt_from_the_store_and_says_so(tmp_path, spec, caplog, damage):
+    x = clustered(1200, DIMS, seed=14)
+    store = make_store(tmp_path / "d.lookalike", spec, x)
+    settings = SearchSettings(ann="exact", pca=8)
+    Searcher(store, settings).search(x[:1], 1)
+    prefix, harm = DAMAGE[damage]
+    harm(cache_file(Path(str(store.path) + "-cache"), prefix))
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        searcher = Searcher(store, settings)
+        answer = searcher.search(x[:30], 1)
+        searcher.search(x[30:40], 1)
+    assert (answer.ids[:, 0] == store.ids()[:30]).all()  # every self-query finds itself
+    assert (answer.scores[:, 0] > 0.999).all()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "rebuilt" in warnings[0].getMessage(), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        Searcher(store, settings).search(x[:3], 1)  # repaired: nothing more to say
+    assert not caplog.records
+
+
+def test_the_cli_says_in_one_line_that_it_rebuilt_a_damaged_cache(families, tiny_model, tmp_path):  # noqa: F811
+    target = tmp_path / "cli.lookalike"
+    assert run_cli("index", str(families), "--index", str(target), "--model", str(tiny_model), "-q").returncode == 0
+    _truncate(cache_file(Path(str(target) + "-cache"), "vectors"))
+    query = str(families / "disc" / "disc03.png")
+    result = run_cli("search", query, "--index", str(target), "-k", "3")
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "rebuilt" in lines[0], result.stderr
+    assert "disc03.png" in result.stdout
+
+
+# -- 8: a full disk ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("Error in faiss::FileIOWriter: write failed")])
+def test_a_full_disk_while_saving_an_engine_answers_from_memory_and_says_so_once(tmp_path, spec, caplog,
+                                                                                  monkeypatch, failure):
+    x = clustered(800, DIMS, seed=15)
+    store = make_store(tmp_path / "full.lookalike", spec, x)
+
+    def no_space(self, folder):
+        (Path(folder) / "index.faiss").write_bytes(b"half")  # what a write leaves before the disk fills
+        raise failure
+
+    monkeypatch.setattr(HNSWIndex, "save", no_space)
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        searcher = Searcher(store, SearchSettings(ann="hnsw"))
+        first = searcher.search(x[:20], 1)
+        store.write([FileRecord("/img/new.jpg", 1, 1, None, vector=x[0] * -1)])
+        second = searcher.search(-x[:1], 1)
+    assert (first.ids[:, 0] == store.ids()[:20]).all()
+    assert second.ids[0, 0] == store.id_of("/img/new.jpg")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "could not save" in warnings[0], warnings
+    folder = Path(str(store.path) + "-cache")
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith("hnsw") or "partial" in p.name]
+    assert not leftovers, leftovers
+
+
+def test_a_full_disk_while_writing_the_vectors_answers_from_memory(tmp_path, spec, caplog, monkeypatch):
+    x = clustered(300, DIMS, seed=16)
+    store = make_store(tmp_path / "full.lookalike", spec, x)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lookalike.search.cache._write_rows", no_space)
+    with caplog.at_level(logging.WARNING, logger="lookalike"):
+        answer = Searcher(store).search(x[:10], 1)
+    assert (answer.ids[:, 0] == store.ids()[:10]).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "could not save" in warnings[0], warnings
