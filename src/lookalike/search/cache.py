@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
+from lookalike.search.pca import Projection
 from lookalike.storage.sqlite import Store
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class SearchCache:
                 if current is not None and current.generation >= self.store.generation:
                     return current  # another process brought it up to date while we waited
                 updated = None
-                if current is not None:
+                if current is not None and manifest is not None:
                     with contextlib.suppress(Damaged):
                         updated = self._apply_changes(manifest, current)
                 if updated is None:
@@ -222,8 +223,9 @@ class SearchCache:
             row_ids = np.fromfile(ids_path, dtype="<i8")
             matrix = (np.memmap(vectors_path, dtype="<f4", mode="r", shape=(len(row_ids), dims)) if len(row_ids)
                       else np.empty((0, dims), np.float32))
+            generation = self.store.generation
             fresh = {"format": FORMAT, "store": self.store.identity, "dims": dims,
-                     "generation": self.store.generation, "vectors": vectors_path.name, "ids": ids_path.name,
+                     "generation": generation, "vectors": vectors_path.name, "ids": ids_path.name,
                      "rows": len(row_ids), "ids_sha256": _sha256(row_ids), "vectors_sha256": _sample_sha256(matrix),
                      "dead": None, "dead_fingerprint": None}
             kept = {key: manifest[key] for key in ("pca", "engines") if manifest and self._fits(manifest)
@@ -233,7 +235,7 @@ class SearchCache:
             vectors_path.unlink(missing_ok=True)
             ids_path.unlink(missing_ok=True)
             raise
-        return Vectors(fresh["generation"], row_ids, matrix, np.zeros(len(row_ids), bool))
+        return Vectors(generation, row_ids, matrix, np.zeros(len(row_ids), bool))
 
     def _in_memory(self) -> Vectors:
         """Every vector read from the store into RAM: when the cache cannot be written."""
@@ -247,7 +249,8 @@ class SearchCache:
 
     # -- PCA and engines --------------------------------------------------------------------------------
 
-    def projection(self, dims: int, whiten: bool, fit: Callable[[], object], load: Callable[[Path], object]):
+    def projection(self, dims: int, whiten: bool, fit: Callable[[], Projection],
+                   load: Callable[[Path], Projection]) -> tuple[Projection, str]:
         """(the saved projection of these settings, or a new one from `fit`, saved; its checksum)."""
         manifest = self._manifest()
         entry = (manifest or {}).get("pca") if manifest and self._fits(manifest) else None
@@ -411,7 +414,7 @@ def _sha256(array: np.ndarray) -> str:
 def _sample_sha256(matrix: np.ndarray) -> str:
     """sha256 of 64 evenly spaced rows (first and last included), and of how many rows there are."""
     rows = len(matrix)
-    positions = np.unique(np.linspace(0, rows - 1, min(rows, SAMPLES)).astype(np.int64)) if rows else []
+    positions = np.unique(np.linspace(0, rows - 1, min(rows, SAMPLES)).astype(np.int64)) if rows else np.empty(0, int)
     digest = hashlib.sha256(str(rows).encode())
     for position in positions:
         digest.update(np.asarray(matrix[int(position)]).tobytes())
