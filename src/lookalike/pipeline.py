@@ -26,6 +26,10 @@ from lookalike.models.embedder import Embedder
 from lookalike.storage.sqlite import FileRecord, Known, Store
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
+# What a long one-off step reports (exporting a model, building an ANN index, a t-SNE layout), so that no wait
+# is silent: (what it is doing, units done, units in all or None where the work cannot be counted).
+# Called with done == total when the step ends.
+Steps = Callable[[str, int, "int | None"], None]
 
 
 @dataclass

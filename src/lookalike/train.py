@@ -264,8 +264,10 @@ def export_model(head, base: ModelSpec, out: Path, classes: list[str], report: T
 
 def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None = None, *,
           feature_progress: Callable[[int, int], None] | None = None,
-          epoch_progress: EpochProgress | None = None) -> TrainReport:
-    """Train a head on a labelled folder dataset (one folder per class) and export it to `out`."""
+          epoch_progress: EpochProgress | None = None,
+          steps: Callable[[str, int, int | None], None] | None = None) -> TrainReport:
+    """Train a head on a labelled folder dataset (one folder per class) and export it to `out`. `steps` hears
+    the one-off waits (the base model's export on first use; see pipeline.Steps)."""
     settings = settings or TrainSettings()
     if settings.loss not in LOSSES:
         raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {settings.loss!r}")
@@ -279,7 +281,7 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
              if p.is_dir() and p.name not in settings.exclude and not any(p.iterdir())]
     from lookalike.models.embedder import Embedder
 
-    base = Embedder(resolve_spec(settings.base, precision="fp32")).spec  # with the dims an ONNX file has
+    base = Embedder(resolve_spec(settings.base, precision="fp32"), steps=steps).spec  # with an ONNX file's dims
     started = time.perf_counter()
     paths, labels, features, failures, feature_seconds = base_features(dataset, base, feature_progress,
                                                                        tuple(settings.exclude))

@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lookalike import images
 from lookalike.errors import require
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 THUMB = 200
 PAD = 8
@@ -95,13 +99,18 @@ def _fit(text: str, draw: ImageDraw.ImageDraw, font) -> str:
 
 # -- a map of the collection ---------------------------------------------------------------------------
 
-def layout_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np.ndarray:
-    """float32 [n, d] -> float64 [n, 2] in [0, 1]: PCA to 50 dims, then t-SNE (or UMAP), as the reference."""
+def layout_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0, steps: Steps | None = None
+              ) -> np.ndarray:
+    """float32 [n, d] -> float64 [n, 2] in [0, 1]: PCA to 50 dims, then t-SNE (or UMAP), as the reference.
+    Tens of seconds for a thousand images: `steps` hears it start and end (pipeline.Steps)."""
     from lookalike.search.pca import Projection
 
     n = len(vectors)
     if n < 3:
         raise ValueError("a map needs at least 3 images")
+    what = f"laying out {n:,} images with PCA and {'UMAP' if method == 'umap' else 't-SNE'}"
+    if steps is not None:
+        steps(what, 0, None)
     reduced = Projection.fit(vectors, min(50, n, vectors.shape[1])).project(vectors)
     if method == "umap":
         umap = require("umap", "pip:umap-learn", "--method umap")
@@ -111,12 +120,14 @@ def layout_2d(vectors: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np
 
         points = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
     points = points - points.min(axis=0)
+    if steps is not None:
+        steps(what, 1, 1)
     return points / np.maximum(points.max(axis=0), 1e-12)
 
 
 def collection_map(paths: Sequence[str], points: np.ndarray, out: str | Path, *,
                    labels: Sequence[str] | None = None, width: int = 3000, height: int = 2400,
-                   thumb: int = 56) -> Path:
+                   thumb: int = 56, steps: Steps | None = None) -> Path:
     """Paste each image's thumbnail at its 2-D position; with labels, frame each in its class's colour and
     write a legend of the classes."""
     sheet = Image.new("RGB", (width, height), "white")
@@ -127,6 +138,8 @@ def collection_map(paths: Sequence[str], points: np.ndarray, out: str | Path, *,
     span = np.array([width - thumb - 4, height - thumb - 4])
     for n, (path, point) in enumerate(zip(paths, points, strict=True)):
         image = _thumbnail(path, thumb)
+        if steps is not None and (n % 50 == 49 or n == len(paths) - 1):
+            steps("drawing the thumbnails", n + 1, len(paths))
         if image is None:
             continue
         x, y = (point * span + 2).astype(int)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.errors import ModelUnavailable
 from lookalike.explore.compare import load_all
 from lookalike.models.embedder import Embedder
-from lookalike.models.registry import ModelSpec
+from lookalike.models.registry import MODELS, ModelSpec, resolve_spec
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ def imagenet_names() -> list[str] | None:
 def classify(paths: Sequence[str | Path], model: str | ModelSpec = "efficientnet-lite0",
              top: int = 5) -> list[list[Label]]:
     """For each image, its `top` most likely ImageNet classes, most likely first."""
-    embedder = Embedder.load(model)
+    spec = model if isinstance(model, ModelSpec) else resolve_spec(model)
+    if spec.source == "hub":  # said before a download, not after: Hub models are exported without their head
+        with_head = ", ".join(name for name, known in MODELS.items() if known.source == "export")
+        raise ModelUnavailable(f"{spec.name} has no classifier head: classify with one of {with_head}")
+    embedder = Embedder.load(spec)
     pixels = np.stack([embedder.prepare(image) for image in load_all(paths, embedder.spec.input_size)])
     logits = embedder.logits(pixels).astype(np.float64)
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,35 +47,47 @@ def compare(paths: Sequence[str | Path], models: Sequence[str | ModelSpec] = ("e
     return out
 
 
-def heatmap(paths: Sequence[str | Path], matrix: np.ndarray, out: str | Path, *, title: str = "") -> Path:
-    """A matplotlib heatmap of the matrix with each image's thumbnail along both axes."""
-    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
+def heatmap(paths: Sequence[str | Path], scores: Mapping[str, np.ndarray] | np.ndarray, out: str | Path, *,
+            title: str = "") -> Path:
+    """A heatmap of each model's matrix, side by side, with each image's thumbnail and file name along both
+    axes. `scores` is compare()'s answer (model -> matrix), or one matrix."""
+    from matplotlib.figure import Figure
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
+    matrices = dict(scores) if isinstance(scores, Mapping) else {title: scores}
     n = len(paths)
+    names = [_short_name(Path(p).name) for p in paths]
     thumbs = []
     for picture in load_all(paths, 96):
         picture = picture.copy()
         picture.thumbnail((64, 64))
         thumbs.append(np.asarray(picture))
-    fig = Figure(figsize=(2.2 + 0.9 * n, 1.8 + 0.9 * n))
-    ax = fig.subplots()
-    shown = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(matrix.min())), vmax=1.0)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                    color="black" if matrix[i, j] > 0.6 else "white")
-    ax.set_xticks(range(n), [""] * n)
-    ax.set_yticks(range(n), [""] * n)
-    for i, thumb in enumerate(thumbs):  # below the x axis and left of the y axis
-        for xy, align in (((i, n - 0.5), (0.5, 1.1)), ((-0.5, i), (1.1, 0.5))):
-            ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.55), xy, box_alignment=align, frameon=False,
-                                         annotation_clip=False))
-    fig.colorbar(shown, ax=ax, fraction=0.04, label="cosine similarity")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    low = min(0.0, *(float(m.min()) for m in matrices.values()))
+    side = 2.6 + 0.9 * n
+    fig = Figure(figsize=(side * len(matrices) + 0.8, side))
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    for ax, (model, matrix) in zip(axes, matrices.items(), strict=True):
+        shown = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if matrix[i, j] > 0.6 else "white")
+        # Names on the axes, thumbnails beyond them: below the x axis and left of the y axis.
+        ax.set_xticks(range(n), names, rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        for i, thumb in enumerate(thumbs):
+            ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.5), (i, -0.5), box_alignment=(0.5, -0.1),
+                                         frameon=False, annotation_clip=False))
+            ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.5), (n - 0.5, i), box_alignment=(-0.1, 0.5),
+                                         frameon=False, annotation_clip=False))
+        if model:
+            ax.set_title(model, pad=44)
+    fig.colorbar(shown, ax=list(axes), fraction=0.03, label="cosine similarity")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     return out
+
+
+def _short_name(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else name[: limit - 9] + "…" + name[-8:]

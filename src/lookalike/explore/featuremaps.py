@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lookalike.errors import UsageError, require
 from lookalike.explore.compare import load_all
@@ -59,9 +60,11 @@ def feature_maps(path: str | Path, model: str | ModelSpec = "efficientnet-lite0"
     return main_blocks(names, session.run(names, {embedder.input_name: inputs}))
 
 
-def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list[Path]:
-    """One PNG per block (its most active channels) and overview.png (each block's mean activation)."""
-    from matplotlib.figure import Figure  # a Figure of its own: no global backend, no pyplot state
+def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16, image: Image.Image | None = None
+         ) -> list[Path]:
+    """One PNG per block (its most active channels) and overview.png (the input `image`, when given, then each
+    block's mean activation)."""
+    from matplotlib.figure import Figure
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,9 +86,15 @@ def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16) -> list
         target = folder / f"block-{n}.png"
         fig.savefig(target, dpi=100)
         written.append(target)
-    fig = Figure(figsize=(2.2 * len(blocks), 2.6))
-    axes = fig.subplots(1, len(blocks), squeeze=False)
-    for ax, (n, block) in zip(axes.ravel(), enumerate(blocks, 1), strict=True):
+    panels = len(blocks) + (image is not None)
+    fig = Figure(figsize=(2.2 * panels, 2.6))
+    axes = list(fig.subplots(1, panels, squeeze=False).ravel())
+    if image is not None:
+        ax = axes.pop(0)
+        ax.imshow(image)
+        ax.set_title("input", fontsize=9)
+        ax.axis("off")
+    for ax, (n, block) in zip(axes, enumerate(blocks, 1), strict=True):
         ax.imshow(block.maps.mean(axis=0), cmap="magma")
         ax.set_title(f"block {n}: {block.maps.shape[1]}×{block.maps.shape[2]}", fontsize=9)
         ax.axis("off")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -15,6 +16,9 @@ from PIL import Image
 from lookalike.errors import ModelUnavailable
 from lookalike.models.files import model_file, model_input
 from lookalike.models.registry import ModelSpec, resolve_spec
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 
 class Embedder:
@@ -25,10 +29,10 @@ class Embedder:
     (1, 1280)
     """
 
-    def __init__(self, spec: ModelSpec, *, threads: int | None = None):
+    def __init__(self, spec: ModelSpec, *, threads: int | None = None, steps: Steps | None = None):
         import onnxruntime as ort
 
-        path = model_file(spec)
+        path = model_file(spec, steps)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -67,9 +71,10 @@ class Embedder:
         self.size = (size, size)
 
     @classmethod
-    def load(cls, model: str | ModelSpec | None = None, *, threads: int | None = None) -> Embedder:
+    def load(cls, model: str | ModelSpec | None = None, *, threads: int | None = None,
+             steps: Steps | None = None) -> Embedder:
         spec = model if isinstance(model, ModelSpec) else resolve_spec(model)
-        return cls(spec, threads=threads)
+        return cls(spec, threads=threads, steps=steps)
 
     @property
     def dims(self) -> int:

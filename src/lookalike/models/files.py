@@ -13,11 +13,15 @@ import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lookalike.errors import ModelUnavailable
 from lookalike.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 # Bump when the export or the calibration set changes what is built, so stale cached files are not reused.
 EXPORT_VERSION = 1
@@ -69,10 +73,11 @@ def availability(spec: ModelSpec) -> str:
         return f"no: {exc}"
 
 
-def model_file(spec: ModelSpec) -> Path:
-    """The ONNX file for `spec`, exporting, fetching or quantising it first if needed."""
+def model_file(spec: ModelSpec, steps: Steps | None = None) -> Path:
+    """The ONNX file for `spec`, exporting, fetching or quantising it first if needed. These one-off steps
+    take seconds to a minute; `steps` hears what each is doing (see pipeline.Steps)."""
     if spec.precision == "int8":
-        return _int8_file(spec)
+        return _int8_file(spec, steps)
     if spec.source == "file":
         path = Path(spec.path)
         if not path.is_file():
@@ -83,14 +88,23 @@ def model_file(spec: ModelSpec) -> Path:
         if not path.is_file():
             from lookalike.models.export import export_onnx
 
+            what = f"exporting {spec.name} to ONNX (once per machine)"
+            _step(steps, what, 0, None)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 export_onnx(spec, path)
+            _step(steps, what, 1, 1)
         return path
     if spec.source == "hub":
-        from lookalike.models.hub import fetch_hub_file
+        from lookalike.models.hub import cached_hub_file, fetch_hub_file
 
-        return fetch_hub_file(spec)
+        if cached_hub_file(spec) is not None:
+            return fetch_hub_file(spec)
+        what = f"downloading {spec.name} from the Hugging Face Hub (once)"
+        _step(steps, what, 0, None)
+        path = fetch_hub_file(spec)
+        _step(steps, what, 1, 1)
+        return path
     raise ModelUnavailable(f"model {spec.name!r} has an unknown source {spec.source!r}")
 
 
@@ -108,11 +122,16 @@ def model_input(pixels: np.ndarray, mean, std) -> np.ndarray:
     return inputs
 
 
-def _int8_file(spec: ModelSpec) -> Path:
+def _step(steps: Steps | None, what: str, done: int, total: int | None) -> None:
+    if steps is not None:
+        steps(what, done, total)
+
+
+def _int8_file(spec: ModelSpec, steps: Steps | None = None) -> Path:
     path = int8_path(spec)
     if path.is_file():
         return path
-    fp32 = model_file(replace(spec, precision="fp32"))
+    fp32 = model_file(replace(spec, precision="fp32"), steps)
     try:
         import onnx
     except ImportError:
@@ -132,4 +151,5 @@ def _int8_file(spec: ModelSpec) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_model(fp32, path, graph_input.name, size, feed, mean=spec.mean, std=spec.std)
+        return quantize_model(fp32, path, graph_input.name, size, feed, mean=spec.mean, std=spec.std,
+                              steps=steps, name=spec.name)

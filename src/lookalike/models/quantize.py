@@ -18,17 +18,22 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lookalike.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 CALIBRATION_SEED = 1729
 CALIBRATION_IMAGES = 128
 CALIBRATION_BATCH = 16
 
 
-def calibration_pixels(size: int, count: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> np.ndarray:
+def calibration_pixels(size: int, count: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The calibration set: uint8 [count, size, size, 3], identical on every machine for the same arguments."""
     rng = np.random.default_rng(seed)
     out = np.empty((count, size, size, 3), np.uint8)
@@ -60,14 +65,17 @@ def calibration_pixels(size: int, count: int = CALIBRATION_IMAGES, seed: int = C
         image *= np.clip(light, 0.3, 1.7)[..., None]
         image += rng.normal(0, rng.uniform(1, 8), image.shape)
         out[n] = np.clip(image, 0, 255).astype(np.uint8)
+        if progress is not None:
+            progress(n + 1, count)
     return out
 
 
 def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
-                   normalise: Callable[[np.ndarray], np.ndarray], *, mean=None, std=None) -> Path:
+                   normalise: Callable[[np.ndarray], np.ndarray], *, mean=None, std=None,
+                   steps: Steps | None = None, name: str = "the model") -> Path:
     """Write an int8 QDQ copy of `fp32` to `target`, atomically. `normalise` turns uint8 NHWC pixels into
     the model's float input, exactly as at inference. With `mean` and `std` the same for every channel, the
-    copy takes the pixels themselves (see `take_pixels`)."""
+    copy takes the pixels themselves (see `take_pixels`). `steps` hears each stage (pipeline.Steps)."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -75,7 +83,15 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
     except ImportError:
         raise ModelUnavailable("building an int8 model needs onnx: pip install 'lookalike[export]'") from None
 
-    pixels = calibration_pixels(size)
+    def step(what: str, done: int, total: int | None) -> None:
+        if steps is not None:
+            steps(f"{what} (once per machine)", done, total)
+
+    making = f"making the int8 copy of {name}: calibration images"
+    pixels = calibration_pixels(size, progress=lambda done, total: step(making, done, total))
+    calibrating = f"making the int8 copy of {name}: calibrating"
+    quantising = f"making the int8 copy of {name}: quantising"
+    batches = len(range(0, len(pixels), CALIBRATION_BATCH))
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -84,7 +100,10 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
         def get_next(self):
             start = next(self.batches, None)
             if start is None:
+                step(calibrating, batches, batches)
+                step(quantising, 0, None)
                 return None
+            step(calibrating, start // CALIBRATION_BATCH, batches)
             return {input_name: normalise(pixels[start:start + CALIBRATION_BATCH])}
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +113,7 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        step(quantising, 1, 1)
         if mean is not None and std is not None:
             model = onnx.load(str(quantized))
             if take_pixels(model, mean, std):

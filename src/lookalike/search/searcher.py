@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from lookalike.search.exact import ExactIndex
 from lookalike.search.options import ENGINES
 from lookalike.search.pca import Projection
 from lookalike.storage.sqlite import Store
+
+if TYPE_CHECKING:
+    from lookalike.pipeline import Steps
 
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims
 PCA_SAMPLE = 100_000  # PCA is fitted on at most this many vectors
@@ -88,6 +92,18 @@ def choose(n: int, dims: int, settings: SearchSettings) -> Choice:
                           f"~{n * space * 4 / 4e9 * 1000:.0f} ms")
 
 
+def require_engine(ann: str | None, pca: int = 0) -> None:
+    """Refuse, before any work, an engine (or PCA) whose library is not installed, naming the extra."""
+    from lookalike.errors import require
+
+    if ann in ("hnsw", "ivfpq"):
+        require("faiss", "ann", f"--ann {ann}")
+    elif ann == "annoy":
+        require("annoy", "ann", "--ann annoy")
+    if pca:
+        require("sklearn", "eval", "--pca")
+
+
 def _pq_bytes(dims: int) -> int:
     from lookalike.search.ivfpq import default_m
 
@@ -119,6 +135,7 @@ class Searcher:
         self._engine_generation: dict[str, int] = {}
         self._unsaved: dict[str, int] = {}
         self._exact_space: ExactIndex | None = None
+        self.steps: Steps | None = None  # told when an engine is built, the one wait that is long
 
     @property
     def ids(self) -> np.ndarray:
@@ -212,10 +229,14 @@ class Searcher:
         message = f"building the {kind} index over {n:,} images"
         if say is not None:
             say(message)
+        elif self.steps is not None:  # a progress display: the message while it builds, with the time it takes
+            self.steps(message, 0, None)
         elif n >= ANNOUNCE_BUILD:
             log.info(message + " (`lookalike index` builds it ahead of the first search)")
         engine = _engine_class(kind).build(self.ids, self._live_space())
         self._save_engine(kind, engine)
+        if say is None and self.steps is not None:
+            self.steps(message, 1, 1)
         return engine
 
     def _update_engine(self, kind: str, engine, save: bool, say=None):

@@ -94,7 +94,8 @@ class Service:
 
     def results(self, hits) -> list[dict]:
         return [{"id": h.id, "path": self.relative(h.path), "score": round(h.score, 6), "width": h.width,
-                 "height": h.height, "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}"} for h in hits]
+                 "height": h.height, "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}", "stale": h.stale}
+                for h in hits]
 
     def path_of(self, file_id: int) -> str:
         """The path of an image that was indexed successfully (a failed file is never served)."""
@@ -172,11 +173,13 @@ class Service:
 
 
 def create_app(index_path: str, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               threads: int | None = None) -> FastAPI:
+               threads: int | None = None, steps=None) -> FastAPI:
     """The app for one index. With `token`, every API call needs `Authorization: Bearer TOKEN` (or
-    `?token=TOKEN`, for <img> tags that cannot send headers)."""
-    index = Index.open(index_path, threads=threads)
+    `?token=TOKEN`, for <img> tags that cannot send headers). `steps` hears the one-off waits of the start
+    (a model's first export, an ANN index's first build; see pipeline.Steps)."""
+    index = Index.open(index_path, threads=threads, steps=steps)
     service = Service(index, max_upload)
+    index.steps = index.searcher.steps = None  # started: nothing more to tell the console
 
     @asynccontextmanager
     async def lifespan(_):

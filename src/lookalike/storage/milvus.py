@@ -282,6 +282,14 @@ class MilvusStore(IndexStore):
         rows = self.client.get(self.collection, ids=ids, output_fields=["path", "width", "height"])
         return {int(row["id"]): (row["path"], row["width"], row["height"]) for row in rows}
 
+    def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
+        ids = [int(i) for i in ids if int(i) >= 0]
+        if not ids:
+            return {}
+        rows = self.client.get(self.collection, ids=ids, output_fields=["size", "mtime_ns", "sha256", "status"])
+        return {int(row["id"]): Known(row["size"], row["mtime_ns"], row["sha256"] or None, row["status"])
+                for row in rows}
+
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "failed": 0}
         for status in counts:

@@ -97,8 +97,8 @@ class Known:
 class IndexStore:
     """What every store answers to (sqlite.py here, and milvus.py): the indexing pipeline, Index
     and Searcher use only these methods. Subclasses provide meta(), set_meta() and the file methods:
-    known, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, image_path, details, files, counts,
-    failures, records, size_bytes, searcher, close."""
+    known, known_ids, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, image_path, details,
+    files, counts, failures, records, size_bytes, searcher, close."""
 
     def meta(self, key: str) -> str | None:
         raise NotImplementedError
@@ -354,6 +354,18 @@ class Store(IndexStore):
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"SELECT id, path, width, height FROM files WHERE id IN ({marks})", chunk):
                 out[row[0]] = (row[1], row[2], row[3])
+        return out
+
+    def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
+        """id -> what the store remembers of that file (size, mtime, hash, status), for these ids."""
+        out: dict[int, Known] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 900):  # SQLite caps bound parameters
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, size, mtime_ns, sha256, status FROM files WHERE id IN ({marks})"
+            for row in self.db.execute(sql, chunk):
+                out[row[0]] = Known(*row[1:])
         return out
 
     def counts(self) -> dict[str, int]:
