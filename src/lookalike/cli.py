@@ -21,7 +21,15 @@ from typing import IO, Annotated, Any, Optional, cast
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -217,7 +225,7 @@ class _Report:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), _Count(), _Speed(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
                             transient=False)
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> _Report:
         self.bar.start()
@@ -655,7 +663,7 @@ def train(
                              exclude=tuple(exclude or ()))
     with Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=err, disable=quiet, transient=False) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_step(what: str, done: int, total: int | None, note: str = "") -> None:
             if what not in tasks:
@@ -1021,21 +1029,22 @@ def _type_label(param, ctx) -> str | None:
     return "TEXT"
 
 
-class _PlainHelp:
-    """--help with plain type labels (see _type_label), for the group and every command."""
+def _plain_labels(command, ctx) -> None:
+    """Plain type labels (see _type_label) on every option of a command, its help option too."""
+    for param in command.get_params(ctx):
+        param.display_type_rich = partial(_type_label, param)
 
+
+class _Command(TyperCommand):
     def format_help(self, ctx, formatter) -> None:
-        for param in self.get_params(ctx):
-            param.display_type_rich = partial(_type_label, param)
+        _plain_labels(self, ctx)
         super().format_help(ctx, formatter)
 
 
-class _Command(_PlainHelp, TyperCommand):
-    pass
-
-
-class _Group(_PlainHelp, TyperGroup):
-    pass
+class _Group(TyperGroup):
+    def format_help(self, ctx, formatter) -> None:
+        _plain_labels(self, ctx)
+        super().format_help(ctx, formatter)
 
 
 app.info.cls = _Group

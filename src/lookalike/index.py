@@ -263,6 +263,7 @@ class Index:
         checked = []
         for hit in hits:
             record = known.get(hit.id)
+            state: str | None
             try:
                 found = os.stat(hit.path)
             except OSError:

@@ -88,13 +88,13 @@ def draw(blocks: list[Block], folder: str | Path, *, channels: int = 16, image: 
         written.append(target)
     panels = len(blocks) + (image is not None)
     fig = Figure(figsize=(2.2 * panels, 2.6))
-    axes = list(fig.subplots(1, panels, squeeze=False).ravel())
+    panes = list(fig.subplots(1, panels, squeeze=False).ravel())
     if image is not None:
-        ax = axes.pop(0)
-        ax.imshow(image)
-        ax.set_title("input", fontsize=9)
-        ax.axis("off")
-    for ax, (n, block) in zip(axes, enumerate(blocks, 1), strict=True):
+        first = panes.pop(0)
+        first.imshow(image)
+        first.set_title("input", fontsize=9)
+        first.axis("off")
+    for ax, (n, block) in zip(panes, enumerate(blocks, 1), strict=True):
         ax.imshow(block.maps.mean(axis=0), cmap="magma")
         ax.set_title(f"block {n}: {block.maps.shape[1]}×{block.maps.shape[2]}", fontsize=9)
         ax.axis("off")
