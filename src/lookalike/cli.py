@@ -498,20 +498,21 @@ def neighbours(
     """Every image's k nearest others (the "inverted index"), computed batch by batch, written as JSON or CSV."""
     import csv
 
+    from lookalike.fileio import atomic_path
     from lookalike.index import Index
     from lookalike.search.searcher import require_engine
 
     kind = out_file.suffix.lower()
     if kind not in (".json", ".csv"):
         raise UsageError(f"--out must end in .json or .csv, not {out_file.name!r}")
-    partial = out_file.with_name(out_file.name + ".partial")
     count = 0
     index = _locate(index)
     _check_location(index)
     require_engine(ann and ann.value)
+    # surrogateescape: a name that is not UTF-8 goes into the CSV as its own bytes (JSON escapes it)
     with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx, \
-            open(partial, "w", newline="", encoding="utf-8",
-                                                         errors="surrogateescape") as handle:
+            atomic_path(out_file) as temporary, \
+            open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         rows = idx.neighbours(k, ann=ann and ann.value)
         if kind == ".csv":
             writer = csv.writer(handle)
@@ -527,7 +528,6 @@ def neighbours(
                 handle.write(("," if count else "") + "\n" + json.dumps(item))
                 count += 1
             handle.write("\n]\n")
-    partial.replace(out_file)
     out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 

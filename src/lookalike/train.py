@@ -28,6 +28,7 @@ import numpy as np
 from lookalike.errors import BadInput, MissingDependency, NotFound, UsageError
 from lookalike.evaluation.metrics import folder_labels
 from lookalike.evaluation.protocol import evaluate_vectors
+from lookalike.fileio import atomic_path, temporary_name
 from lookalike.images import absolute
 from lookalike.models.registry import SPEC_FILE, ModelSpec, resolve_spec
 
@@ -232,7 +233,7 @@ def export_model(head, base: ModelSpec, out: Path, classes: list[str], report: T
     base_graph = onnx.load(str(model_file(base_fp32)))
     feature_output = base.output or base_graph.graph.output[0].name
     out.mkdir(parents=True, exist_ok=True)
-    head_path = out / "head.onnx.partial"
+    head_path = temporary_name(out / "head.onnx")
     dummy = torch.zeros(1, base.dims)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -246,9 +247,8 @@ def export_model(head, base: ModelSpec, out: Path, classes: list[str], report: T
                                   outputs=["head/embedding"])
     onnx.checker.check_model(merged)
     target = out / "model.onnx"
-    partial = out / "model.onnx.partial"
-    onnx.save(merged, str(partial))
-    partial.replace(target)
+    with atomic_path(target) as partial:
+        onnx.save(merged, str(partial))
     spec = {
         "format": "lookalike-model", "name": out.name, "dims": settings.dim, "input_size": base.input_size,
         "mean": list(base.mean), "std": list(base.std), "output": "head/embedding",

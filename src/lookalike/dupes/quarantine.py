@@ -9,7 +9,6 @@ never descends into it (even when it lies inside an indexed folder).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.errors import BadInput
+from lookalike.fileio import atomic_write, sha256_file
 from lookalike.images import QUARANTINE_MARKER, absolute
 
 
@@ -27,11 +27,6 @@ class Moved:
     source: str
     target: str
     sha256: str
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def destination(path: str, folder: Path, roots: Sequence[str]) -> Path:
@@ -58,9 +53,7 @@ def move(files: Sequence[tuple[str, str | None]], folder: str | os.PathLike, roo
     record = {"created_at": time.time(), "folder": str(folder), "moves": moves}
 
     def save() -> None:
-        partial = manifest.with_suffix(".partial")
-        partial.write_text(json.dumps(record, indent=1))
-        partial.replace(manifest)
+        atomic_write(manifest, json.dumps(record, indent=1))
 
     for path, expected in files:
         source = Path(path)
@@ -68,7 +61,7 @@ def move(files: Sequence[tuple[str, str | None]], folder: str | os.PathLike, roo
         if not source.is_file():
             skipped.append((path, "gone"))
             continue
-        digest = _sha256(source)
+        digest = sha256_file(source)
         if expected and digest != expected:
             skipped.append((path, "changed since it was indexed: run `lookalike index` first"))
             continue
@@ -106,7 +99,7 @@ def undo(manifest: str | os.PathLike) -> tuple[list[Moved], list[tuple[str, str]
         if source.exists():
             skipped.append((entry["from"], "something else is in its place now"))
             continue
-        if _sha256(target) != entry["sha256"]:
+        if sha256_file(target) != entry["sha256"]:
             skipped.append((entry["from"], f"{target} changed in quarantine"))
             continue
         source.parent.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,12 @@ vectors from any other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lookalike.errors import ModelUnavailable
+from lookalike.fileio import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,11 +174,6 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def resolve_spec(
     model: str | None = None,
     *,
@@ -217,7 +212,7 @@ def resolve_spec(
             dims=0,  # 0: read from the graph by the Embedder
             input_size=0,
             path=str(path),
-            sha256=file_sha256(path),
+            sha256=sha256_file(path),
             precision=precision or "fp32",
         )
         return replace(spec, **overrides)  # type: ignore[arg-type]  # keys checked by dataclasses.replace
@@ -235,7 +230,7 @@ def _model_folder(path: Path, precision: str | None) -> ModelSpec:
             mean=tuple(data["mean"]), std=tuple(data["std"]), output=data["output"],
             description=f"{data.get('loss', '')} head on {data.get('base', '?')}, "
                         f"{len(data.get('classes', []))} classes",
-            path=str(graph.resolve()), sha256=file_sha256(graph), precision=precision or "fp32",
+            path=str(graph.resolve()), sha256=sha256_file(graph), precision=precision or "fp32",
         )
     except FileNotFoundError as exc:
         raise ModelUnavailable(f"{path} is not a lookalike model folder ({Path(exc.filename).name} is missing): "

@@ -21,7 +21,7 @@ import os
 import random
 import threading
 from collections import OrderedDict
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import images
 from lookalike.errors import LookalikeError, NotIndexed
+from lookalike.fileio import atomic_write
 from lookalike.index import Index
 from lookalike.search.options import Engine as Ann
 from lookalike.search.options import Metric
@@ -159,13 +160,8 @@ class Service:
             picture.save(buffer, "JPEG", quality=85)
             data = buffer.getvalue()
             if cached is not None:
-                try:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    partial = cached.with_suffix(".partial")
-                    partial.write_bytes(data)
-                    partial.replace(cached)
-                except OSError:
-                    pass
+                with suppress(OSError):  # a cache that cannot be written is only slower
+                    atomic_write(cached, data)
         self.thumbs[file_id] = data
         while len(self.thumbs) > 2000:
             self.thumbs.popitem(last=False)
