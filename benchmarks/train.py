@@ -37,7 +37,7 @@ def unseen_search(model, dataset: Path, train_paths: set[str], val_paths: list[s
     with Index.open(index_path, model=model, create=True) as index:
         index.add(sorted(train_paths))
         ids, vectors = index.vectors()
-        files = index.store.files(ids)
+        files = index.files(ids)
         labels = np.array([Path(files[int(i)][0]).parent.name for i in ids])
         hits = []
         for path in val_paths:

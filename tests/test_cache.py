@@ -18,7 +18,8 @@ import pytest
 
 from lookalike.search.hnsw import HNSWIndex
 from lookalike.search.searcher import Searcher, SearchSettings
-from lookalike.storage.sqlite import FileRecord, Store
+from lookalike.storage.base import FileRecord
+from lookalike.storage.sqlite import Store
 from tests.conftest import run_cli
 from tests.test_search_engines import clustered, families  # noqa: F401  (fixture)
 
@@ -57,7 +58,8 @@ def _worker(path: str, role: str, seed: int, seconds: float, ann: str, out) -> N
     import numpy as np
 
     from lookalike.search.searcher import Searcher, SearchSettings
-    from lookalike.storage.sqlite import FileRecord, Store
+    from lookalike.storage.base import FileRecord
+    from lookalike.storage.sqlite import Store
 
     rng = np.random.default_rng(seed)
     errors: list[str] = []

@@ -17,7 +17,8 @@ from lookalike.search.exact import ExactIndex, HalfExactIndex
 from lookalike.search.hnsw import HNSWIndex
 from lookalike.search.ivfpq import IVFPQIndex
 from lookalike.search.searcher import Searcher, SearchSettings, choose
-from lookalike.storage.sqlite import FileRecord, Store
+from lookalike.storage.base import FileRecord
+from lookalike.storage.sqlite import Store
 from tests.conftest import picture, run_cli
 
 

@@ -10,7 +10,8 @@ import pytest
 from lookalike.errors import IndexNotFound
 from lookalike.models.registry import MODELS
 from lookalike.search import ExactIndex
-from lookalike.storage.sqlite import FileRecord, Store
+from lookalike.storage.base import FileRecord
+from lookalike.storage.sqlite import Store
 
 SPEC = MODELS["efficientnet-lite0"]
 

@@ -311,7 +311,7 @@ def index(
         if ann is not None or dims is not None or whiten is not None or memory_budget is not None:
             from dataclasses import replace
 
-            current = idx.searcher.settings
+            current = idx.search_settings
             idx.configure(replace(
                 current, ann=ann.value if ann else current.ann, pca=current.pca if dims is None else dims,
                 whiten=current.whiten if whiten is None else whiten,
@@ -596,8 +596,8 @@ def dupes(
             (err if as_json else out).print(f"report written to {page}")
         if move_to is not None:
             files = [(m.path, m.sha256) for c in findings.clusters for m in c.others]
-            manifest, moved, skipped = quarantine.move(files, move_to, idx.store.roots())
-            idx.store.remove([m.source for m in moved])
+            manifest, moved, skipped = quarantine.move(files, move_to, idx.roots())
+            idx.remove([m.source for m in moved])
             (err if as_json else out).print(f"{len(moved)} duplicates moved to {move_to}; undo with "
                                             f"`lookalike dupes --undo {manifest}`")
             for path, reason in skipped:
@@ -945,8 +945,8 @@ def map_(
         if len(ids) < 3:
             raise BadInput(f"{index} holds {len(ids)} images; a map needs at least 3")
         chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:sample])
-        files = idx.store.files(ids[chosen])
-    paths = [files[int(i)][0] for i in ids[chosen]]
+        files = idx.files(ids[chosen])
+    paths = [files[int(i)].path for i in ids[chosen]]
     folders = [Path(p).parent.name for p in paths]
     with _Report(quiet) as progress:
         points = layout_2d(vectors[chosen], method=method, seed=seed, steps=progress.steps)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
@@ -24,8 +24,13 @@ from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, Us
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
 from lookalike.search.options import ENGINES, METRICS
-from lookalike.search.searcher import Searcher, SearchSettings, require_engine
+from lookalike.search.searcher import Choice, Searcher, SearchSettings, require_engine
+from lookalike.storage.base import FileDetails, FileInfo, IndexStore
 from lookalike.storage.sqlite import Store
+
+if TYPE_CHECKING:
+    from lookalike.search.milvus import MilvusSearcher
+    from lookalike.storage.milvus import MilvusStore
 
 if TYPE_CHECKING:
     from lookalike.pipeline import Steps
@@ -87,6 +92,15 @@ def _last_index_file() -> Path:
     return cache_dir() / "last-index"
 
 
+def _searcher_for(store: IndexStore) -> Searcher | MilvusSearcher:
+    """The searcher that fits a store: ours over the SQLite file, Milvus' own over a Milvus collection."""
+    if isinstance(store, Store):
+        return Searcher(store)
+    from lookalike.search.milvus import MilvusSearcher
+
+    return MilvusSearcher(cast("MilvusStore", store))
+
+
 def _store_kind(location: str):
     """The store class for an --index value: Milvus for milvus:// and .db, else the SQLite file store."""
     from lookalike.storage.milvus import MilvusStore, is_milvus
@@ -106,14 +120,13 @@ class Results(list):
 class Index:
     """An image index on disk. Cheap to open; the model loads on first use, the vectors on first search."""
 
-    def __init__(self, store: Store, *, threads: int | None = None, embedder: Embedder | None = None,
+    def __init__(self, store: IndexStore, *, threads: int | None = None, embedder: Embedder | None = None,
                  steps: Steps | None = None):
         self.store = store
         self.threads = threads
         self._embedder = embedder
+        self.searcher = _searcher_for(store)
         self.steps = steps  # hears the one-off waits: a model's export, an ANN index's first build
-        self.searcher = store.searcher()
-        self.searcher.steps = steps
 
     @classmethod
     def open(
@@ -163,7 +176,18 @@ class Index:
         return self.store.counts()["ok"]
 
     @property
-    def path(self) -> Path:
+    def steps(self) -> Steps | None:
+        """Who hears the one-off waits (model export, ANN builds); None once nobody is listening."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: Steps | None) -> None:
+        self._steps = steps
+        self.searcher.steps = steps
+
+    @property
+    def path(self) -> Path | str:
+        """The index file, or the Milvus location (milvus://HOST:PORT/NAME, PATH.db) as given."""
         return self.store.path
 
     @property
@@ -219,6 +243,49 @@ class Index:
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 [n], unit vectors float32 [n, dims]) of every indexed image."""
         return self.store.vectors()
+
+    def ids(self) -> np.ndarray:
+        """int64 [n]: the ids of every indexed image (those with a vector)."""
+        return self.store.ids()
+
+    def vector_of(self, path: str | os.PathLike) -> np.ndarray | None:
+        """The stored unit vector of an indexed file, float32 [dims], or None if it has none."""
+        return self.store.vector_of(str(images.absolute(path)))
+
+    def files(self, ids: Iterable[int] | np.ndarray) -> dict[int, FileInfo]:
+        """id -> FileInfo (path, width, height) for these ids; ids the index does not hold are left out."""
+        return self.store.files(ids)
+
+    def details(self) -> dict[int, FileDetails]:
+        """id -> FileDetails (path, size, dimensions, mtime, sha256) of every file, failed ones included."""
+        return self.store.details()
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """(path, reason) of files that could not be indexed."""
+        return self.store.failures(limit)
+
+    def search_vectors(self, queries: np.ndarray, k: int, *, ann: str | None = None,
+                       exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The batch form of search, arrays in and out, like faiss: unit queries float32 [m, dims] ->
+        (cosine scores float32 [m, k], ids int64 [m, k], -1 where fewer than k). `exclude` int64 [m] leaves
+        one id out of each row (a query's own id)."""
+        answer = self.searcher.search(np.atleast_2d(np.asarray(queries, np.float32)), k, ann=ann, exclude=exclude)
+        return answer.scores, answer.ids
+
+    @property
+    def search_settings(self) -> SearchSettings:
+        """How this index answers: engine, PCA, memory budget (see `configure`)."""
+        return self.searcher.settings
+
+    def engine_choice(self, ann: str | None = None) -> Choice:
+        """Which engine would answer a search now (with `ann` instead of the index's own), and why."""
+        return self.searcher.choice(ann)
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """Where derived files live (INDEX-cache/: vectors, ANN indexes, thumbnails); None on Milvus."""
+        folder = getattr(self.searcher, "folder", None)
+        return Path(folder) if folder is not None else None
 
     def embed(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """One image (a path or a PIL image) -> its unit vector, float32 [dims]."""
@@ -300,8 +367,8 @@ class Index:
             raise UsageError(f"--pca {settings.pca} is not below the model's {self.spec.dims} dims: choose "
                              "fewer, or --pca none for the full vectors")
         require_engine(settings.ann, settings.pca)
-        settings.save(self.store)
-        self.searcher = Searcher(self.store, settings)
+        settings.save(self.searcher.store)
+        self.searcher = Searcher(self.searcher.store, settings)
         self.searcher.steps = self.steps
 
     def prepare_search(self, say: Callable[[str], None] | None = None) -> str:

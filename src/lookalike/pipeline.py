@@ -23,7 +23,7 @@ import numpy as np
 
 from lookalike import images
 from lookalike.models.embedder import Embedder
-from lookalike.storage.sqlite import FileRecord, Known, Store
+from lookalike.storage.base import FileRecord, IndexStore, Known
 
 Progress = Callable[[int, int], None]  # (files done, files to do)
 # What a long one-off step reports (exporting a model, building an ANN index, a t-SNE layout), so that no wait
@@ -85,7 +85,7 @@ def plan(paths: Iterable[Path], known: dict[str, Known]) -> tuple[list[_Job], in
 
 
 def run(
-    store: Store,
+    store: IndexStore,
     embedder: Embedder,
     paths: Iterable[Path],
     *,

@@ -93,9 +93,9 @@ def base_features(dataset: Path, base: ModelSpec, progress: Callable[[int, int],
     with Index.open(path, model=base, create=True) as index:
         summary = index.add(parts, progress=progress)
         ids, vectors = index.vectors()
-        files = index.store.files(ids)
-        failures = index.store.failures()
-    paths = [files[int(i)][0] for i in ids]
+        files = index.files(ids)
+        failures = index.failures()
+    paths = [files[int(i)].path for i in ids]
     labels = folder_labels(paths, dataset)
     keep = np.array([label.split("/")[0] not in exclude for label in labels], bool)
     return ([p for p, k in zip(paths, keep, strict=True) if k], [lab for lab, k in zip(labels, keep, strict=True) if k],

@@ -281,7 +281,7 @@ def find(index, *, under: str | None = None, threshold: float = DEFAULT_THRESHOL
     """Every cluster of duplicates in `index` (a lookalike Index), or among its files below folder `under`."""
     started = time.perf_counter()
     ids, vectors = index.vectors()
-    members = {i: Member(i, *d) for i, d in index.store.details().items()}
+    members = {i: Member(i, *d) for i, d in index.details().items()}
     if under is not None:
         members = {i: m for i, m in members.items() if Path(m.path).is_relative_to(under)}
         inside = np.isin(ids, np.fromiter(members, np.int64, len(members)))
@@ -330,5 +330,5 @@ def find(index, *, under: str | None = None, threshold: float = DEFAULT_THRESHOL
 
 
 def _cache_path(index) -> Path | None:
-    folder = getattr(index.searcher, "folder", None)
-    return None if folder is None else Path(folder) / "phash.npz"
+    folder = index.cache_dir
+    return None if folder is None else folder / "phash.npz"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from lookalike.evaluation.metrics import (
     regex_labels,
 )
 from lookalike.images import absolute
+
+if TYPE_CHECKING:
+    from lookalike.index import Index
 
 REFERENCE: dict[str, Any] = {
     "model": "ResNet-50 (Keras, ImageNet), 2048-d, brute-force euclidean",
@@ -205,15 +208,15 @@ def _methods(vectors: np.ndarray, ids: np.ndarray, pca_dims: int) -> list[tuple[
     ]
 
 
-def evaluate_index(index, root: str | Path, *, k: int = 4, exclude: Sequence[str] = (),
+def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Sequence[str] = (),
                    group_regex: str | None = None, pca_dims: Sequence[int] = PCA_DIMS,
                    methods: bool = True) -> EvalResult:
     """Evaluate the images of `index` that lie below `root`, labelled by folder (or by `group_regex` on
     their file names), leaving out the classes in `exclude` altogether."""
     root = absolute(root)
     ids, vectors = index.vectors()
-    files = index.store.files(ids)
-    paths = [files[int(i)][0] for i in ids]
+    files = index.files(ids)
+    paths = [files[int(i)].path for i in ids]
     below = np.array([Path(p).is_relative_to(root) for p in paths], bool)
     classes = folder_labels(paths, root)
     keep = below & ~np.isin(np.array(classes, dtype=object), list(exclude))
@@ -233,10 +236,11 @@ def evaluate_index(index, root: str | Path, *, k: int = 4, exclude: Sequence[str
     return result
 
 
-def _own_engine(index, ids: np.ndarray) -> list[tuple[str, Callable]]:
+def _own_engine(index: Index, ids: np.ndarray) -> list[tuple[str, Callable]]:
     """The index's own engine, when it is not plain exact search, as one more method to compare."""
-    choice = index.searcher.choice()
-    if choice.engine == "exact" and index.searcher.settings.pca == 0:
+    choice = index.engine_choice()
+    pca = index.search_settings.pca
+    if choice.engine == "exact" and pca == 0:
         return []
     subset = set(ids.tolist())
 
@@ -244,11 +248,10 @@ def _own_engine(index, ids: np.ndarray) -> list[tuple[str, Callable]]:
         index.prepare_search()
 
         def search(vector: np.ndarray) -> list[int]:
-            answer = index.searcher.search(vector[None], 21).ids[0].tolist()
+            answer = index.search_vectors(vector[None], 21)[1][0].tolist()
             return [i for i in answer if i in subset][:11]  # images of excluded classes do not count
         return search
 
-    pca = index.searcher.settings.pca
     return [(f"this index: {choice.engine}" + (f" on PCA-{pca}" if pca else "") + ", re-ranked", build)]
 
 

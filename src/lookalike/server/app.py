@@ -75,7 +75,7 @@ class Service:
         self.lock = threading.Lock()
         self.roots = sorted(index.roots(), key=len, reverse=True)
         self.thumbs: OrderedDict[int, bytes] = OrderedDict()
-        self.thumb_folder = getattr(index.searcher, "folder", None)
+        self.thumb_folder = index.cache_dir
         self.batcher = EmbeddingBatcher(index.embedder)  # loads the model now, not on the first request
         self.workers = anyio.CapacityLimiter(4)
         # Decoded pixels held at once across uploads: four uploads that each decode to 1 GB wait their turn
@@ -175,7 +175,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     (a model's first export, an ANN index's first build; see pipeline.Steps)."""
     index = Index.open(index_path, threads=threads, steps=steps)
     service = Service(index, max_upload)
-    index.steps = index.searcher.steps = None  # started: nothing more to tell the console
+    index.steps = None  # started: nothing more to tell the console
 
     @asynccontextmanager
     async def lifespan(_):
@@ -292,7 +292,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     def similar(file_id: FileId, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine) -> dict:
         path = service.path_of(file_id)
         with service.lock:
-            vector = index.store.vector_of(path)
+            vector = index.vector_of(path)
             if vector is None:
                 raise ApiError(404, f"image {file_id} has no vector (it could not be read when indexed)")
             hits = index.search(vector, k, metric=metric.value, exclude=path)
@@ -302,11 +302,11 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     @app.get("/random", dependencies=api, summary="Some indexed images at random, to start browsing")
     def random_images(n: Annotated[int, Query(ge=1, le=200)] = 24, seed: int | None = None) -> dict:
         with service.lock:
-            ids = index.store.ids()
+            ids = index.ids()
             chosen = random.Random(seed).sample(ids.tolist(), min(n, len(ids)))
-            found = index.store.files(chosen)
-        results = [{"id": i, "path": service.relative(found[i][0]), "score": None, "width": found[i][1],
-                    "height": found[i][2], "thumbnail": f"/thumbs/{i}", "image": f"/images/{i}"}
+            found = index.files(chosen)
+        results = [{"id": i, "path": service.relative(found[i].path), "score": None, "width": found[i].width,
+                    "height": found[i].height, "thumbnail": f"/thumbs/{i}", "image": f"/images/{i}"}
                    for i in chosen if i in found]
         return {"results": results}
 

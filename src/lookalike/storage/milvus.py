@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
 from urllib.parse import urlparse
 
 import numpy as np
 
-from lookalike.errors import EmptyIndex, IndexNotFound, StoreUnavailable, UsageError, require
+from lookalike.errors import IndexNotFound, StoreUnavailable, UsageError, require
 from lookalike.models.registry import ModelSpec
-from lookalike.storage.sqlite import FORMAT, FORMAT_VERSION, FileRecord, IndexStore, Known
+from lookalike.storage.base import FORMAT, FORMAT_VERSION, FileDetails, FileInfo, FileRecord, IndexStore, Known
 
 DEFAULT_COLLECTION = "lookalike"
 PATH_LENGTH = 4096
@@ -163,9 +162,6 @@ class MilvusStore(IndexStore):
     def close(self) -> None:
         self.client.close()
 
-    def searcher(self) -> MilvusSearcher:
-        return MilvusSearcher(self)
-
     # -- metadata --------------------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
@@ -262,8 +258,9 @@ class MilvusStore(IndexStore):
                                  output_fields=["vector"])
         return np.asarray(rows[0]["vector"], np.float32) if rows else None
 
-    def details(self) -> dict[int, tuple[str, int, int, int, int, str | None]]:
-        return {int(r["id"]): (r["path"], r["width"], r["height"], r["size"], r["mtime_ns"], r["sha256"] or None)
+    def details(self) -> dict[int, FileDetails]:
+        return {int(r["id"]): FileDetails(r["path"], r["width"], r["height"], r["size"], r["mtime_ns"],
+                                          r["sha256"] or None)
                 for r in self._scan("", ["id", "path", "width", "height", "size", "mtime_ns", "sha256"])}
 
     def id_of(self, path: str) -> int | None:
@@ -275,12 +272,12 @@ class MilvusStore(IndexStore):
                                  output_fields=["path"])
         return rows[0]["path"] if rows else None
 
-    def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, int]]:
+    def files(self, ids: Iterable[int]) -> dict[int, FileInfo]:
         ids = [int(i) for i in ids if int(i) >= 0]
         if not ids:
             return {}
         rows = self.client.get(self.collection, ids=ids, output_fields=["path", "width", "height"])
-        return {int(row["id"]): (row["path"], row["width"], row["height"]) for row in rows}
+        return {int(row["id"]): FileInfo(row["path"], row["width"], row["height"]) for row in rows}
 
     def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
         ids = [int(i) for i in ids if int(i) >= 0]
@@ -317,61 +314,6 @@ class MilvusStore(IndexStore):
     def size_bytes(self) -> int:
         uri, _ = parse(self.path)
         return _file_size(uri)
-
-
-class MilvusSearcher:
-    """Milvus answers: its HNSW index, inner product on unit vectors (the cosine similarity)."""
-
-    def __init__(self, store: MilvusStore):
-        from lookalike.search.searcher import SearchSettings
-
-        self.store = store
-        self.settings = SearchSettings()
-
-    def refresh(self) -> None:
-        pass
-
-    def choice(self, ann: str | None = None):
-        from lookalike.search.searcher import Choice
-
-        if ann not in (None, "auto"):
-            raise UsageError(f"on Milvus, Milvus' own HNSW index answers: drop --ann {ann}")
-        return Choice("milvus", "the index lives in Milvus (HNSW, inner product)")
-
-    def engine(self, kind: str, **_):
-        return None  # Milvus builds and keeps its own index
-
-    def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
-               exclude: np.ndarray | None = None):
-        from lookalike.search.searcher import Answer
-
-        self.choice(ann)
-        queries = np.atleast_2d(np.asarray(queries, np.float32))
-        started = time.perf_counter()
-        wanted = k + (1 if exclude is not None else 0)
-        results = self.store.client.search(self.store.collection, data=queries.tolist(), limit=wanted,
-                                           filter='status == "ok"', output_fields=["id"],
-                                           search_params={"metric_type": "IP", "params": {"ef": max(64, wanted)}})
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
-        for row, hits in enumerate(results):
-            kept = [h for h in hits if exclude is None or int(h["id"]) != int(exclude[row])][:k]
-            scores[row, : len(kept)] = [h["distance"] for h in kept]
-            ids[row, : len(kept)] = [int(h["id"]) for h in kept]
-        if len(results) and not any(len(h) for h in results) and not self.store.counts()["ok"]:
-            raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
-        return Answer(scores, ids, "milvus", {"search_s": time.perf_counter() - started})
-
-    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 256):
-        ids, vectors = self.store.vectors()
-        for start in range(0, len(ids), batch):
-            answer = self.search(vectors[start:start + batch], k, ann=ann, exclude=ids[start:start + batch])
-            yield ids[start:start + batch], answer.ids, answer.scores
-
-    def describe(self) -> dict:
-        choice = self.choice()
-        return {"engine": choice.engine, "reason": choice.reason, "settings": asdict(self.settings), "pca": None,
-                "vectors": self.store.counts()["ok"]}
 
 
 def _file_exists(path: str) -> bool:

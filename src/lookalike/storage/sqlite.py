@@ -25,16 +25,13 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lookalike.errors import IndexNotFound
 from lookalike.models.registry import ModelSpec
-
-FORMAT = "lookalike-index"
-FORMAT_VERSION = "1"
+from lookalike.storage.base import FORMAT, FORMAT_VERSION, FileDetails, FileInfo, FileRecord, IndexStore, Known
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,52 +65,6 @@ CREATE TRIGGER IF NOT EXISTS vectors_removed AFTER DELETE ON vectors BEGIN
         (OLD.file_id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
 END;
 """
-
-
-@dataclass
-class FileRecord:
-    """One file's outcome, ready to be written: a vector, or an error saying why there is none."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    width: int = 0
-    height: int = 0
-    vector: np.ndarray | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the store remembers of a file, enough to tell whether it changed."""
-
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    status: str
-
-
-class IndexStore:
-    """What every store answers to (sqlite.py here, and milvus.py): the indexing pipeline, Index
-    and Searcher use only these methods. Subclasses provide meta(), set_meta() and the file methods:
-    known, known_ids, write, touch, remove, add_root, roots, vectors, ids, vector_of, id_of, image_path, details,
-    files, counts, failures, records, size_bytes, searcher, close."""
-
-    def meta(self, key: str) -> str | None:
-        raise NotImplementedError
-
-    @property
-    def spec(self) -> ModelSpec:
-        model = self.meta("model")
-        if model is None:
-            raise IndexNotFound("this index records no model: it is damaged or not a lookalike index")
-        return ModelSpec.from_json(model)
-
-    @property
-    def generation(self) -> int:
-        """Bumped by every write: caches derived from the store compare it to know they are stale."""
-        return int(self.meta("generation") or 0)
 
 
 class Store(IndexStore):
@@ -169,12 +120,6 @@ class Store(IndexStore):
 
     def close(self) -> None:
         self.db.close()
-
-    def searcher(self):
-        """What answers queries over this store: the Searcher and its derived indexes (search/searcher.py)."""
-        from lookalike.search.searcher import Searcher
-
-        return Searcher(self)
 
     def size_bytes(self) -> int:
         """The index on disk: the SQLite file, its WAL, and the derived search cache."""
@@ -315,10 +260,10 @@ class Store(IndexStore):
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
 
-    def details(self) -> dict[int, tuple[str, int, int, int, int, str | None]]:
-        """id -> (path, width, height, size, mtime_ns, sha256) of every file, failed ones included."""
+    def details(self) -> dict[int, FileDetails]:
+        """id -> FileDetails of every file, failed ones included."""
         rows = self.db.execute("SELECT id, path, width, height, size, mtime_ns, sha256 FROM files")
-        return {row[0]: (row[1], row[2] or 0, row[3] or 0, row[4], row[5], row[6]) for row in rows}
+        return {row[0]: FileDetails(row[1], row[2] or 0, row[3] or 0, row[4], row[5], row[6]) for row in rows}
 
     def id_of(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM files WHERE path = CAST(? AS TEXT)", (_key(path),)).fetchone()
@@ -345,15 +290,15 @@ class Store(IndexStore):
                    for _, path, size, mtime, sha, width, height, error, blob in rows]
             last = rows[-1][0]
 
-    def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, int]]:
-        """id -> (path, width, height) for these ids."""
-        out: dict[int, tuple[str, int, int]] = {}
+    def files(self, ids: Iterable[int]) -> dict[int, FileInfo]:
+        """id -> FileInfo (path, width, height) for these ids."""
+        out: dict[int, FileInfo] = {}
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 900):  # SQLite caps bound parameters
             chunk = ids[start:start + 900]
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"SELECT id, path, width, height FROM files WHERE id IN ({marks})", chunk):
-                out[row[0]] = (row[1], row[2], row[3])
+                out[row[0]] = FileInfo(row[1], row[2], row[3])
         return out
 
     def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
