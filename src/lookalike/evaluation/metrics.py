@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import UsageError
+from lookalike.search.exact import top_k
 
 # -- ground truth -------------------------------------------------------------------------------------
 
@@ -115,9 +116,7 @@ def nearest(features: np.ndarray, k: int, *, metric: str = "cosine", batch: int 
         scores = _scores(features[start:start + batch], features, metric, sq_norms)
         rows = np.arange(len(scores))
         scores[rows, start + rows] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start:start + batch] = np.take_along_axis(top, order, axis=1)
+        out[start:start + batch] = top_k(scores, k)[0]
     return out
 
 

@@ -15,6 +15,20 @@ import numpy as np
 from lookalike.search.base import as_queries, faiss_answer, import_faiss
 
 
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row of `scores` float [m, n] (higher is better), best first: (positions int64 [m, k],
+    their scores [m, k]). argpartition, then a stable sort of the k: the one k-NN routine of the package
+    (exact search, evaluation, duplicate candidates and the benchmarks all use it)."""
+    m, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return np.empty((m, 0), np.int64), np.empty((m, 0), scores.dtype)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (m, 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
 class ExactIndex:
     """Brute-force k-NN over float32 [n, d] unit vectors, labelled by int64 ids. `skip` (bool [n]) marks rows
     that are never answered (tombstones of removed files, still in a memory-mapped matrix)."""
@@ -43,15 +57,10 @@ class ExactIndex:
             scores[:, self.skip] = -np.inf
         if exclude is not None:
             scores[np.asarray(exclude)[:, None] == self.ids[None, :]] = -np.inf
-        n = scores.shape[1]
         k = min(k, len(self))
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        top, top_scores = top_k(scores, k)
         keep = np.isfinite(top_scores).any(axis=0)  # drop a column that only excluded vectors fell into
         return top_scores[:, keep], self.ids[top][:, keep]
 
