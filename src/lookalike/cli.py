@@ -35,7 +35,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lookalike import __version__
-from lookalike.errors import BadInput, LookalikeError, NotFound, UsageError, require
+from lookalike.errors import LookalikeError, NotFound, UsageError, require
 from lookalike.search.options import Engine as Ann
 from lookalike.search.options import Metric
 
@@ -309,13 +309,9 @@ def index(
             err.print(f"note: {escape(spec.name)} is fed with ImageNet's mean and std (0.485,0.456,0.406 / "
                       "0.229,0.224,0.225): pass --mean and --std if it was trained with others", soft_wrap=True)
         if ann is not None or dims is not None or whiten is not None or memory_budget is not None:
-            from dataclasses import replace
-
-            current = idx.search_settings
-            idx.configure(replace(
-                current, ann=ann.value if ann else current.ann, pca=current.pca if dims is None else dims,
-                whiten=current.whiten if whiten is None else whiten,
-                memory_budget=current.memory_budget if memory_budget is None else budget))
+            changes = {"ann": ann and ann.value, "pca": dims, "whiten": whiten}
+            idx.configure(**{name: value for name, value in changes.items() if value is not None},
+                          **({} if memory_budget is None else {"memory_budget": budget}))
         summary = idx.add(photos, progress=report.files, workers=workers, batch_size=batch_size,
                           sync=not keep_missing)
         total = len(idx)
@@ -496,38 +492,16 @@ def neighbours(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Every image's k nearest others (the "inverted index"), computed batch by batch, written as JSON or CSV."""
-    import csv
-
-    from lookalike.fileio import atomic_path
     from lookalike.index import Index
+    from lookalike.search.neighbours import check_format, write_neighbours
     from lookalike.search.searcher import require_engine
 
-    kind = out_file.suffix.lower()
-    if kind not in (".json", ".csv"):
-        raise UsageError(f"--out must end in .json or .csv, not {out_file.name!r}")
-    count = 0
+    check_format(out_file)
     index = _locate(index)
     _check_location(index)
     require_engine(ann and ann.value)
-    # surrogateescape: a name that is not UTF-8 goes into the CSV as its own bytes (JSON escapes it)
-    with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx, \
-            atomic_path(out_file) as temporary, \
-            open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        rows = idx.neighbours(k, ann=ann and ann.value)
-        if kind == ".csv":
-            writer = csv.writer(handle)
-            writer.writerow(["path", "rank", "neighbour", "cosine"])
-            for path, hits in rows:
-                writer.writerows([path, hit.rank, hit.path, f"{hit.score:.6f}"] for hit in hits)
-                count += 1
-        else:
-            handle.write("[")
-            for path, hits in rows:
-                item = {"path": path, "neighbours": [{"rank": h.rank, "path": h.path, "cosine": round(h.score, 6)}
-                                                     for h in hits]}
-                handle.write(("," if count else "") + "\n" + json.dumps(item))
-                count += 1
-            handle.write("\n]\n")
+    with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx:
+        count = write_neighbours(idx, out_file, k, ann=ann and ann.value)
     out.print(f"{count} images with their {k} nearest neighbours written to {out_file}")
 
 
@@ -882,7 +856,7 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure search quality on a labelled dataset (P@k, recall@k, mAP), the PCA sweep and query times."""
-    from lookalike.evaluation.protocol import evaluate_index
+    from lookalike.evaluation.protocol import evaluate_index, index_dataset
     from lookalike.evaluation.report import summary_rows, write_report
     from lookalike.index import Index
     from lookalike.models.registry import resolve_spec
@@ -897,10 +871,8 @@ def eval_(
     built = None
     if index is None:
         index = f"{dataset.resolve().name}.lookalike"
-        leave_out = set(exclude or ())
-        parts = [p for p in sorted(dataset.iterdir()) if p.name not in leave_out and not p.name.startswith(".")]
         with _Report(quiet) as progress, Index.open(index, model=spec, create=True, steps=progress.steps) as idx:
-            built = idx.add(parts, progress=progress.files)
+            built = index_dataset(idx, dataset, exclude=exclude or (), progress=progress.files)
     with Index.open(index, model=spec) as idx:
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
                                 methods=timing)
@@ -930,29 +902,17 @@ def map_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """A map of the collection: similar images end up near each other (PCA to 50 dims, then t-SNE)."""
-    import numpy as np
-
     from lookalike.index import Index
-    from lookalike.viz import collection_map, layout_2d
+    from lookalike.viz import index_map
 
     if method not in ("tsne", "umap"):
         raise UsageError(f"--method is tsne or umap, not {method!r}")
     require("sklearn", "eval", "map")
     index = _locate(index)
     _check_location(index)
-    with Index.open(index) as idx:
-        ids, vectors = idx.vectors()
-        if len(ids) < 3:
-            raise BadInput(f"{index} holds {len(ids)} images; a map needs at least 3")
-        chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:sample])
-        files = idx.files(ids[chosen])
-    paths = [files[int(i)].path for i in ids[chosen]]
-    folders = [Path(p).parent.name for p in paths]
-    with _Report(quiet) as progress:
-        points = layout_2d(vectors[chosen], method=method, seed=seed, steps=progress.steps)
-        collection_map(paths, points, out_file, labels=folders if len(set(folders)) > 1 else None,
-                       steps=progress.steps)
-    out.print(f"map of {len(paths)} images written to {escape(str(out_file))}")
+    with Index.open(index) as idx, _Report(quiet) as progress:
+        shown = index_map(idx, out_file, sample=sample, method=method, seed=seed, steps=progress.steps)
+    out.print(f"map of {shown} images written to {escape(str(out_file))}")
 
 
 def _fmt(values: list[float]) -> str:

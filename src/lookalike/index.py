@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -358,11 +358,14 @@ class Index:
         """The folders indexed as a whole (files indexed one by one are below none of them)."""
         return self.store.roots()
 
-    def configure(self, settings: SearchSettings) -> None:
-        """Record how this index answers (kept in the index file) and build what that needs."""
+    def configure(self, settings: SearchSettings | None = None, /, **changes: Any) -> None:
+        """Record how this index answers (kept in the index file): whole `settings`, and/or the fields named
+        in `changes` (ann, pca, whiten, memory_budget, rerank) over the current ones; `memory_budget=None`
+        clears the budget."""
         if not isinstance(self.searcher, Searcher):
             raise UsageError("--ann, --pca and --memory-budget apply to .lookalike indexes; "
                                  "Milvus answers with its own HNSW index")
+        settings = replace(settings or self.searcher.settings, **changes)
         if settings.pca >= self.spec.dims:
             raise UsageError(f"--pca {settings.pca} is not below the model's {self.spec.dims} dims: choose "
                              "fewer, or --pca none for the full vectors")

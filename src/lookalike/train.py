@@ -27,7 +27,7 @@ import numpy as np
 
 from lookalike.errors import BadInput, MissingDependency, NotFound, UsageError
 from lookalike.evaluation.metrics import folder_labels
-from lookalike.evaluation.protocol import evaluate_vectors
+from lookalike.evaluation.protocol import evaluate_vectors, index_dataset
 from lookalike.fileio import atomic_path, temporary_name
 from lookalike.images import absolute
 from lookalike.models.registry import SPEC_FILE, ModelSpec, resolve_spec
@@ -89,9 +89,8 @@ def base_features(dataset: Path, base: ModelSpec, progress: Callable[[int, int],
 
     key = hashlib.sha256(f"{dataset} {json.dumps(base.fingerprint(), sort_keys=True)}".encode()).hexdigest()[:16]
     path = cache_dir() / "features" / f"{dataset.name}-{key}.lookalike"
-    parts = [p for p in sorted(dataset.iterdir()) if p.name not in exclude and not p.name.startswith(".")]
     with Index.open(path, model=base, create=True) as index:
-        summary = index.add(parts, progress=progress)
+        summary = index_dataset(index, dataset, exclude=exclude, progress=progress)
         ids, vectors = index.vectors()
         files = index.files(ids)
         failures = index.failures()

@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lookalike import images
-from lookalike.errors import require
+from lookalike.errors import BadInput, require
 
 if TYPE_CHECKING:
+    from lookalike.index import Index
     from lookalike.pipeline import Steps
 
 THUMB = 200
@@ -163,3 +164,19 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
     positions = range(n) if n <= 20 else np.linspace(0, 1, n, endpoint=False)
     colours = [cmap(p)[:3] for p in positions]
     return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in colours]
+
+
+def index_map(index: Index, out: str | Path, *, sample: int = 1000, method: str = "tsne", seed: int = 0,
+              steps: Steps | None = None) -> int:
+    """`lookalike map`: at most `sample` images of `index` drawn at random, laid out by `layout_2d` and drawn by
+    `collection_map`, framed by folder when there are several. Returns how many images are on the map."""
+    ids, vectors = index.vectors()
+    if len(ids) < 3:
+        raise BadInput(f"{index.path} holds {len(ids)} images; a map needs at least 3")
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:sample])
+    files = index.files(ids[chosen])
+    paths = [files[int(i)].path for i in ids[chosen]]
+    folders = [Path(p).parent.name for p in paths]
+    points = layout_2d(vectors[chosen], method=method, seed=seed, steps=steps)
+    collection_map(paths, points, out, labels=folders if len(set(folders)) > 1 else None, steps=steps)
+    return len(paths)

@@ -29,6 +29,7 @@ from lookalike.images import absolute
 
 if TYPE_CHECKING:
     from lookalike.index import Index
+    from lookalike.pipeline import Summary
 
 REFERENCE: dict[str, Any] = {
     "model": "ResNet-50 (Keras, ImageNet), 2048-d, brute-force euclidean",
@@ -206,6 +207,19 @@ def _methods(vectors: np.ndarray, ids: np.ndarray, pca_dims: int) -> list[tuple[
         (f"annoy, 40 trees, PCA-{pca_dims}", reduced(AnnoyIndex.build)),
         (f"faiss HNSW32, {d}-d", hnsw),
     ]
+
+
+def class_folders(dataset: str | Path, exclude: Sequence[str] = ()) -> list[Path]:
+    """The class folders (and loose files) of a labelled dataset, less the excluded classes and hidden
+    entries: what `eval` and `train` index, so that an excluded class is never even embedded."""
+    leave_out = set(exclude)
+    return [p for p in sorted(Path(dataset).iterdir()) if p.name not in leave_out and not p.name.startswith(".")]
+
+
+def index_dataset(index: Index, dataset: str | Path, *, exclude: Sequence[str] = (),
+                  progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Bring `index` up to date with a labelled dataset's class folders (excluded classes left out)."""
+    return index.add(class_folders(dataset, exclude), progress=progress)
 
 
 def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Sequence[str] = (),
