@@ -160,3 +160,17 @@ def test_decode_accepts_gif_webp_bmp_tiff(tmp_path):
         assert decoded.image is not None, fmt
         assert decoded.image.mode == "RGB" and decoded.image.size == image.size
 
+
+
+def test_importing_lookalike_leaves_pillows_global_settings_alone():
+    """A host program's Pillow limits and plugins are its own: lookalike checks sizes per image, and registers
+    the HEIC opener only when it meets a HEIC file."""
+    import subprocess
+    import sys
+
+    code = ("from PIL import Image; limit = Image.MAX_IMAGE_PIXELS; ids = set(Image.ID); "
+            "import lookalike, lookalike.images, lookalike.index; "
+            "assert Image.MAX_IMAGE_PIXELS == limit, Image.MAX_IMAGE_PIXELS; "
+            "assert set(Image.ID) == ids, set(Image.ID) - ids")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

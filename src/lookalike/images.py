@@ -7,6 +7,7 @@ reason instead of silently ignored. Decoding never raises for a bad file: it ret
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -20,9 +21,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageMode
 
-# A guard against decompression bombs: 12,000 x 12,000 is more than any camera makes today.
+# A guard against decompression bombs: 12,000 x 12,000 is more than any camera makes today. Checked here, per
+# image, rather than by changing Pillow's global Image.MAX_IMAGE_PIXELS under the host program.
 MAX_PIXELS = 144_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ORIENTATION_TAG = 0x0112
 
 # A folder holding this file is a quarantine of moved duplicates (quarantine.py): never indexed.
@@ -34,13 +35,17 @@ IMAGE_EXTENSIONS = {
 }
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif"}
 
-try:  # HEIC/HEIF (iPhone photos) when the optional pillow-heif is installed
-    from pillow_heif import register_heif_opener
 
+@functools.cache
+def heif_supported() -> bool:
+    """Whether HEIC/HEIF (phone photos) can be read: pillow-heif's opener is registered with Pillow the first
+    time such a file is met, not when lookalike is imported."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
     register_heif_opener()
-    HEIF_SUPPORTED = True
-except ImportError:
-    HEIF_SUPPORTED = False
+    return True
 
 
 # What a browser is told an image is, by the format Pillow decodes (never by the file's name): a file named
@@ -209,11 +214,13 @@ def decode(source: bytes | BinaryIO, draft: tuple[int, int] | None = None,
     kind = sniff(head)
     if kind is None:
         return Decoded(None, error="not an image: unknown file format")
-    if kind == "heif" and not HEIF_SUPPORTED:
+    if kind == "heif" and not heif_supported():
         return Decoded(None, error="HEIC/HEIF image: pip install pillow-heif to read it")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from its own, smaller default limit; MAX_PIXELS below decides (and Pillow's
+            # DecompressionBombError, past twice its limit, is still caught).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(handle)
             width, height = image.size
             if width * height > MAX_PIXELS:
