@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lookalike import Index
+from lookalike.evaluation.metrics import neighbour_recall
 from lookalike.search.annoy_index import AnnoyIndex
 from lookalike.search.base import NeedsRebuild
 from lookalike.search.cache import SearchCache
@@ -28,10 +29,6 @@ def clustered(n: int, dims: int, clusters: int = 50, spread: float = 0.35, seed:
     centres = rng.normal(size=(clusters, dims))
     x = centres[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, dims))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
 def store_with(tmp_path, vectors: np.ndarray, tiny_spec) -> Store:
@@ -60,10 +57,10 @@ def test_engines_on_small_data_return_the_exact_answer():
     truth_scores, truth = ExactIndex(ids, x).search(x[:20], 10)
     for engine in (HalfExactIndex.build(ids, x), HNSWIndex.build(ids, x)):
         scores, found = engine.search(x[:20], 10)
-        assert recall(found, truth) == 1.0, engine.kind
+        assert neighbour_recall(found, truth) == 1.0, engine.kind
         np.testing.assert_allclose(scores, truth_scores, atol=2e-3)
     annoy = AnnoyIndex.build(ids, x, n_trees=50, search_k=400 * 50)  # inspects every node: exhaustive
-    assert recall(annoy.search(x[:20], 10)[1], truth) == 1.0
+    assert neighbour_recall(annoy.search(x[:20], 10)[1], truth) == 1.0
 
 
 def test_approximate_engines_reach_their_recall_floor_on_clustered_data():
@@ -71,10 +68,10 @@ def test_approximate_engines_reach_their_recall_floor_on_clustered_data():
     ids = np.arange(6000, dtype=np.int64)
     queries = x[::60]
     truth = ExactIndex(ids, x).search(queries, 10)[1]
-    assert recall(HNSWIndex.build(ids, x).search(queries, 10)[1], truth) >= 0.95
-    assert recall(AnnoyIndex.build(ids, x).search(queries, 10)[1], truth) >= 0.8
+    assert neighbour_recall(HNSWIndex.build(ids, x).search(queries, 10)[1], truth) >= 0.95
+    assert neighbour_recall(AnnoyIndex.build(ids, x).search(queries, 10)[1], truth) >= 0.8
     shortlist = IVFPQIndex.build(ids, x).search(queries, 50)[1]  # PQ alone is rough; the Searcher re-ranks
-    assert recall(shortlist, truth) >= 0.9
+    assert neighbour_recall(shortlist, truth) >= 0.9
 
 
 def test_hnsw_tombstones_hide_removed_vectors_until_a_rebuild_is_due():
@@ -120,7 +117,7 @@ def test_every_engine_answers_like_exact_search_after_re_ranking(tmp_path, tiny_
     exact = Searcher(store).search(x[:40], 10)
     answer = Searcher(store, SearchSettings(ann=ann, pca=pca, rerank=100)).search(x[:40], 10)
     assert answer.engine.startswith(ann) and "re-ranked" in answer.engine
-    assert recall(answer.ids, exact.ids) >= 0.9
+    assert neighbour_recall(answer.ids, exact.ids) >= 0.9
     both = answer.ids == exact.ids
     np.testing.assert_allclose(answer.scores[both], exact.scores[both], atol=1e-5)  # exact scores, re-ranked
 
