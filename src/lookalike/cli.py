@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import sys
 from enum import Enum
 from functools import partial
@@ -1023,6 +1024,13 @@ def main() -> None:
         sys.exit(130)
     except (OSError, MemoryError) as exc:
         _fail("error", str(exc), 1)
+    except sqlite3.DatabaseError as exc:  # the disk or the file, met outside the store's own checks
+        from lookalike.storage.sqlite import explained
+
+        known = explained(exc, "the index")
+        if isinstance(known, LookalikeError):
+            _fail("error", str(known), known.exit_code)
+        _fail("error", f"SQLite: {exc}", 1)
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise

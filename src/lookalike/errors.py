@@ -82,6 +82,22 @@ class StoreUnavailable(LookalikeError, ConnectionError):
     exit_code = 7
 
 
+class IndexReadOnly(LookalikeError, PermissionError):
+    """The index is somewhere this process may not write: it answers searches but cannot be changed."""
+
+
+class IndexDamaged(LookalikeError):
+    """The index file is corrupt (SQLite finds it malformed): it must be rebuilt from the photos."""
+
+
+class DiskFull(LookalikeError, OSError):
+    """The disk (or the file system's quota) ran out while writing: what was committed before is kept."""
+
+
+class IndexBusy(StoreUnavailable):
+    """Another process writes to the same index in a way that cannot be shared (a second Milvus writer)."""
+
+
 def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional `module`, or raise MissingDependency naming the extra that installs it.
 

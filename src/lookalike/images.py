@@ -12,7 +12,7 @@ import io
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,26 +111,29 @@ def absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(path)))
 
 
-def discover(root: str | os.PathLike) -> Iterator[Path]:
+def discover(root: str | os.PathLike, skip: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Every image file under `root` (or `root` itself if it is a file), as absolute paths, sorted.
 
-    Hidden files and folders are skipped, and so are quarantine folders of moved duplicates; symbolic links to
-    folders are not followed, so a walk always ends and never wanders outside the tree it was given.
+    Hidden files and folders are skipped, and so are quarantine folders of moved duplicates and the files and
+    folders in `skip` (an index's own cache, when it lives inside the photos); symbolic links to folders are
+    not followed, so a walk always ends and never wanders outside the tree it was given.
     """
     root = absolute(root)
+    skipped = {absolute(path) for path in skip}
     if root.is_file():
-        yield root
+        if root not in skipped:
+            yield root
         return
     for folder, dirs, files in os.walk(root):
         if QUARANTINE_MARKER in files:
             dirs[:] = []
             continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) not in skipped)
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = Path(folder, name)
-            if path.is_file() and is_candidate(path):
+            if path not in skipped and path.is_file() and is_candidate(path):
                 yield path
 
 

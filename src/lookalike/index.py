@@ -221,7 +221,7 @@ class Index:
                 raise NotFound(f"not found: {given}")
             if root.is_dir():
                 folders.append(str(root))
-            files.extend(images.discover(root))
+            files.extend(images.discover(root, skip=self.store.own_paths()))
         for folder in folders:
             self.store.add_root(folder)
         return pipeline.run(

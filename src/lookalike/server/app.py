@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import images
-from lookalike.errors import LookalikeError, NotIndexed
+from lookalike.errors import DiskFull, IndexDamaged, LookalikeError, NotIndexed, StoreUnavailable
 from lookalike.fileio import atomic_write
 from lookalike.index import Index
 from lookalike.search.options import Engine as Ann
@@ -202,6 +202,13 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     @app.exception_handler(NotIndexed)
     async def not_indexed(_, exc: NotIndexed) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(IndexDamaged)
+    @app.exception_handler(DiskFull)
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(_, exc: LookalikeError) -> JSONResponse:
+        """The index itself cannot answer (damaged, its disk full, its backend away): not the client's fault."""
+        return JSONResponse({"error": str(exc)}, status_code=503)
 
     @app.exception_handler(LookalikeError)
     async def refused(_, exc: LookalikeError) -> JSONResponse:

@@ -18,19 +18,26 @@ searches filter on status.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-from lookalike.errors import IndexNotFound, StoreUnavailable, UsageError, require
+from lookalike.errors import IndexBusy, IndexNotFound, StoreUnavailable, UsageError, require
 from lookalike.models.registry import ModelSpec
 from lookalike.storage.base import FORMAT, FORMAT_VERSION, FileDetails, FileInfo, FileRecord, IndexStore, Known
 
 DEFAULT_COLLECTION = "lookalike"
 PATH_LENGTH = 4096
+LEASE_S = 60.0  # how long a writer's claim lasts unless renewed (a killed writer blocks others this long)
+CLAIM_SETTLE_S = 0.5  # a first claim waits this long, then checks it still holds the lease
 FIELDS = ["id", "path", "size", "mtime_ns", "sha256", "width", "height", "status", "error"]
 
 
@@ -89,6 +96,8 @@ class MilvusStore(IndexStore):
         self.client = client
         self.collection = collection
         self.meta_collection = f"{collection}__meta"
+        self._writer = {"token": secrets.token_hex(8), "pid": os.getpid(), "host": socket.gethostname()}
+        self._lease_until = 0.0  # when this store's writer lease runs out (0: it holds none)
 
     # -- opening -----------------------------------------------------------------------------------------
 
@@ -160,7 +169,39 @@ class MilvusStore(IndexStore):
         return store
 
     def close(self) -> None:
+        if self._lease_until:
+            with contextlib.suppress(Exception):  # an unreachable server: the lease runs out on its own
+                self.set_meta("writer", "")
         self.client.close()
+
+    # -- one writer at a time ----------------------------------------------------------------------------
+    # Milvus has no transactions: two processes writing one collection would take the same ids from the
+    # next_id counter. So a writer holds a lease (a row in the meta collection, renewed as it writes, given
+    # back on close, lapsing LEASE_S after a writer was killed); a second writer is refused with IndexBusy.
+
+    def _lease(self) -> dict | None:
+        rows = self.client.query(self.meta_collection, filter='key == "writer"', output_fields=["value"],
+                                 consistency_level="Strong")
+        return json.loads(rows[0]["value"]) if rows and rows[0]["value"] else None
+
+    def _claim(self) -> None:
+        """Hold (or renew) the writer lease, or raise IndexBusy when another process holds it."""
+        now = time.time()
+        if self._lease_until - now > LEASE_S / 2:
+            return
+        held = self._lease()
+        if held and held["token"] != self._writer["token"] and held["until"] > now:
+            raise IndexBusy(f"{self.path} is being written by another process (pid {held['pid']} on "
+                            f"{held['host']}): run this when it is done (a killed writer's claim lapses "
+                            f"within {LEASE_S:.0f} s)")
+        self.set_meta("writer", json.dumps({**self._writer, "until": now + LEASE_S}))
+        if not self._lease_until:  # a first claim: let a writer that claimed at the same moment show itself
+            time.sleep(CLAIM_SETTLE_S)
+            held = self._lease()
+            if held is None or held["token"] != self._writer["token"]:
+                raise IndexBusy(f"{self.path} is being written by another process that started at the same "
+                                "moment: run this when it is done")
+        self._lease_until = now + LEASE_S
 
     # -- metadata --------------------------------------------------------------------------------------
 
@@ -175,6 +216,7 @@ class MilvusStore(IndexStore):
         self.set_meta("generation", str(self.generation + 1))
 
     def _new_ids(self, count: int) -> np.ndarray:
+        self._claim()  # the counter is read, then written: safe only for the one writer
         first = int(self.meta("next_id") or 1)
         self.set_meta("next_id", str(first + count))
         return np.arange(first, first + count, dtype=np.int64)
@@ -191,13 +233,17 @@ class MilvusStore(IndexStore):
             iterator.close()
 
     def known(self, under: str | None = None) -> dict[str, Known]:
-        filter = "" if under is None else f"path like {_quoted(under.rstrip('/') + '/%')}"
+        prefix = "" if under is None else under.rstrip("/") + "/"
+        # `like` reads _ and % in a folder name as wildcards: it finds a superset, kept exact by startswith
+        filter = f"path like {_quoted(prefix + '%')}" if prefix else ""
         return {row["path"]: Known(row["size"], row["mtime_ns"], row["sha256"] or None, row["status"])
-                for row in self._scan(filter, ["path", "size", "mtime_ns", "sha256", "status"])}
+                for row in self._scan(filter, ["path", "size", "mtime_ns", "sha256", "status"])
+                if row["path"].startswith(prefix)}
 
     def write(self, records: Sequence[FileRecord]) -> None:
         if not records:
             return
+        self._claim()
         self._delete_paths([r.path for r in records])
         ids = self._new_ids(len(records))
         zero = [0.0] * self.spec.dims
@@ -213,6 +259,7 @@ class MilvusStore(IndexStore):
         updates = {path: (size, mtime) for path, size, mtime in items}
         if not updates:
             return
+        self._claim()
         rows = self.client.query(self.collection, filter=f"path in {json.dumps(list(updates))}",
                                  output_fields=[*FIELDS, "vector"])
         for row in rows:
@@ -220,7 +267,11 @@ class MilvusStore(IndexStore):
         self.client.upsert(self.collection, rows)
 
     def remove(self, paths: Iterable[str]) -> int:
-        removed = self._delete_paths(list(paths))
+        paths = list(paths)
+        if not paths:
+            return 0
+        self._claim()
+        removed = self._delete_paths(paths)
         if removed:
             self._bump()
         return removed
@@ -234,6 +285,7 @@ class MilvusStore(IndexStore):
         return removed
 
     def add_root(self, path: str) -> None:
+        self._claim()
         roots = self.roots()
         if path not in roots:
             self.set_meta("roots", json.dumps(sorted([*roots, path])))
@@ -266,6 +318,10 @@ class MilvusStore(IndexStore):
     def id_of(self, path: str) -> int | None:
         rows = self.client.query(self.collection, filter=f"path == {_quoted(path)}", output_fields=["id"])
         return int(rows[0]["id"]) if rows else None
+
+    def own_paths(self) -> list[Path]:
+        uri, _ = parse(self.path)
+        return [] if uri.startswith("http") else [Path(uri).absolute()]
 
     def image_path(self, file_id: int) -> str | None:
         rows = self.client.query(self.collection, filter=f'id == {int(file_id)} and status == "ok"',

@@ -22,14 +22,17 @@ camera or share is stored and found again like any other.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from lookalike.errors import IndexNotFound
+from lookalike.errors import DiskFull, IndexDamaged, IndexNotFound, IndexReadOnly
 from lookalike.models.registry import ModelSpec
 from lookalike.storage.base import FORMAT, FORMAT_VERSION, FileDetails, FileInfo, FileRecord, IndexStore, Known
 
@@ -67,6 +70,38 @@ END;
 """
 
 
+def explained(exc: sqlite3.Error, path: Path | str) -> Exception:
+    """The LookalikeError for what SQLite said, when it is about the disk or the file; else `exc` itself."""
+    text = str(exc).lower()
+    if "database or disk is full" in text:
+        return DiskFull(f"the disk holding {path} is full: free some space and run the same command again "
+                        "(what was written before is kept)")
+    if "readonly" in text or "read-only" in text:
+        return IndexReadOnly(f"{path} is read-only here: it can be searched but not changed (copy it somewhere "
+                             "writable, or run as its owner)")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return IndexDamaged(f"{path} is damaged (SQLite: {exc}): build a new index from the photos with "
+                            "`lookalike index PHOTOS_DIR --index NEW.lookalike`")
+    return exc
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reads(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """A Store read that turns SQLite's word for a damaged file into IndexDamaged (one line, not a bug)."""
+
+    @functools.wraps(method)
+    def read(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise explained(exc, self.path) from exc
+
+    return read
+
+
 class Store(IndexStore):
     """An index file. Open existing ones with `Store.open`, make new ones with `Store.create`."""
 
@@ -87,10 +122,15 @@ class Store(IndexStore):
             raise IndexNotFound(f"no index at {path}: build one with `lookalike index PHOTOS_DIR --index {path}`")
         if _format_of(path) != FORMAT:
             raise IndexNotFound(f"{path} is not a lookalike index (choose another --index path)")
-        db = _connect(path)
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'vectors_removed'").fetchone() is None:
-            with contextlib.suppress(sqlite3.OperationalError):  # read-only: the cache is rebuilt whole when stale
-                db.executescript(CHANGE_LOG)
+        if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            return cls(path, _connect_read_only(path))  # searches work; a write says IndexReadOnly
+        try:
+            db = _connect(path)
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'vectors_removed'").fetchone() is None:
+                with contextlib.suppress(sqlite3.OperationalError):  # read-only: the cache is rebuilt whole when stale
+                    db.executescript(CHANGE_LOG)
+        except sqlite3.Error as exc:
+            raise explained(exc, path) from exc
         return cls(path, db)
 
     @classmethod
@@ -121,6 +161,11 @@ class Store(IndexStore):
     def close(self) -> None:
         self.db.close()
 
+    def own_paths(self) -> list[Path]:
+        """The SQLite file, its journals and the search cache beside it (INDEX-cache/: vectors, engines,
+        the server's thumbnails): never to be indexed as photos when the index lives among them."""
+        return [self.path, *(Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm", "-journal", "-cache"))]
+
     def size_bytes(self) -> int:
         """The index on disk: the SQLite file, its WAL, and the derived search cache."""
         cache = Path(str(self.path) + "-cache")
@@ -130,7 +175,7 @@ class Store(IndexStore):
         return sum(p.stat().st_size for p in files)
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -148,6 +193,7 @@ class Store(IndexStore):
 
     # -- metadata --------------------------------------------------------------------------------
 
+    @_reads
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -157,6 +203,7 @@ class Store(IndexStore):
 
     # -- files -----------------------------------------------------------------------------------
 
+    @_reads
     def known(self, under: str | None = None) -> dict[str, Known]:
         """Every file the store holds (optionally only those below folder `under`), by path."""
         sql = "SELECT path, size, mtime_ns, sha256, status FROM files"
@@ -192,6 +239,7 @@ class Store(IndexStore):
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    @_reads
     def ids(self) -> np.ndarray:
         """int64 [n]: the ids of every file with a vector, ascending."""
         return np.array([row[0] for row in self.db.execute("SELECT file_id FROM vectors ORDER BY file_id")],
@@ -216,11 +264,13 @@ class Store(IndexStore):
         with self.transaction():
             self.db.execute("INSERT OR IGNORE INTO roots VALUES (CAST(? AS TEXT), ?)", (_key(path), time.time()))
 
+    @_reads
     def roots(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT path FROM roots ORDER BY path")]
 
     # -- reading vectors -------------------------------------------------------------------------
 
+    @_reads
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 [n], vectors float32 [n, d]) of every indexed file, in id order."""
         dims = self.spec.dims
@@ -253,6 +303,7 @@ class Store(IndexStore):
             return None
         return np.array([row[0] for row in rows], dtype=np.int64)
 
+    @_reads
     def vector_of(self, path: str) -> np.ndarray | None:
         row = self.db.execute(
             "SELECT v.vector FROM vectors v JOIN files f ON f.id = v.file_id WHERE f.path = CAST(? AS TEXT)",
@@ -260,15 +311,18 @@ class Store(IndexStore):
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").astype(np.float32)
 
+    @_reads
     def details(self) -> dict[int, FileDetails]:
         """id -> FileDetails of every file, failed ones included."""
         rows = self.db.execute("SELECT id, path, width, height, size, mtime_ns, sha256 FROM files")
         return {row[0]: FileDetails(row[1], row[2] or 0, row[3] or 0, row[4], row[5], row[6]) for row in rows}
 
+    @_reads
     def id_of(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM files WHERE path = CAST(? AS TEXT)", (_key(path),)).fetchone()
         return None if row is None else row[0]
 
+    @_reads
     def image_path(self, file_id: int) -> str | None:
         """The path of file `file_id` if it has a vector (status ok), else None."""
         row = self.db.execute("SELECT path FROM files WHERE id = ? AND status = 'ok'", (file_id,)).fetchone()
@@ -290,6 +344,7 @@ class Store(IndexStore):
                    for _, path, size, mtime, sha, width, height, error, blob in rows]
             last = rows[-1][0]
 
+    @_reads
     def files(self, ids: Iterable[int]) -> dict[int, FileInfo]:
         """id -> FileInfo (path, width, height) for these ids."""
         out: dict[int, FileInfo] = {}
@@ -301,6 +356,7 @@ class Store(IndexStore):
                 out[row[0]] = FileInfo(row[1], row[2], row[3])
         return out
 
+    @_reads
     def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
         """id -> what the store remembers of that file (size, mtime, hash, status), for these ids."""
         out: dict[int, Known] = {}
@@ -313,11 +369,13 @@ class Store(IndexStore):
                 out[row[0]] = Known(*row[1:])
         return out
 
+    @_reads
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "failed": 0}
         counts.update(dict(self.db.execute("SELECT status, COUNT(*) FROM files GROUP BY status").fetchall()))
         return counts
 
+    @_reads
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         sql = "SELECT path, error FROM files WHERE status = 'failed' ORDER BY path"
         if limit is not None:
@@ -328,17 +386,23 @@ class Store(IndexStore):
 def _format_of(path: Path) -> str | None:
     """Read-only look at a file: a lookalike index says so in its meta table. Nothing is written to a file
     that turns out to be something else (not even switching it to WAL mode)."""
-    try:
-        probe = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None
-    try:
-        row = probe.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        return row[0] if row else None
-    except sqlite3.Error:
-        return None
-    finally:
-        probe.close()
+    for options in ("mode=ro", "mode=ro&immutable=1"):  # immutable: a WAL file where no -shm can be made
+        try:
+            probe = sqlite3.connect(path.absolute().as_uri() + "?" + options, uri=True)
+        except sqlite3.Error:
+            return None
+        try:
+            row = probe.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            return row[0] if row else None
+        except sqlite3.OperationalError:
+            continue  # cannot open it here (a read-only folder): try again as immutable
+        except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc):  # a SQLite file with a meta table, damaged: not someone else's file
+                raise explained(exc, path) from exc
+            return None
+        finally:
+            probe.close()
+    return None
 
 
 def _key(path: str) -> str | bytes:
@@ -356,6 +420,21 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for an index in a place this process may not write. A WAL index
+    there cannot get its shared-memory file, so it is read as immutable: nobody can be writing it."""
+    for options in ("mode=ro", "mode=ro&immutable=1"):
+        db = sqlite3.connect(path.absolute().as_uri() + "?" + options, uri=True, isolation_level=None,
+                             check_same_thread=False, timeout=30)
+        db.text_factory = _text
+        try:
+            db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+    raise IndexReadOnly(f"{path} is in a place this process cannot write, and SQLite cannot read it there")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     db.text_factory = _text
@@ -367,14 +446,28 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing. What SQLite says of the
+    disk or the file (full, read-only, damaged) leaves as the LookalikeError that says so."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection, path: Path | str = "the index"):
         self.db = db
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise explained(exc, self.path) from exc
         return self.db
 
     def __exit__(self, kind, value, tb) -> None:
-        self.db.execute("ROLLBACK" if kind else "COMMIT")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as exc:
+                kind, value = type(exc), exc
+        with contextlib.suppress(sqlite3.Error):  # SQLite rolled back already (a full disk does)
+            self.db.execute("ROLLBACK")
+        if isinstance(value, sqlite3.Error):
+            raise explained(value, self.path) from value
