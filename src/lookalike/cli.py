@@ -177,7 +177,7 @@ def _locate(index: str | None) -> str:
                              " or name it with --index")
     location, how = found
     if how != "here":
-        err.print(f"using {escape(location)} ({escape(how)}; --index names another)", soft_wrap=True)
+        err.print(f"using {location} ({how}; --index names another)", soft_wrap=True)
     return location
 
 
@@ -307,7 +307,7 @@ def index(
     with _Report(quiet) as report, \
             Index.open(index, model=spec, create=True, threads=threads, steps=report.steps) as idx:
         if new_index and spec and spec.source == "file" and spec.dims == 0 and mean is None and std is None:
-            err.print(f"note: {escape(spec.name)} is fed with ImageNet's mean and std (0.485,0.456,0.406 / "
+            err.print(f"note: {spec.name} is fed with ImageNet's mean and std (0.485,0.456,0.406 / "
                       "0.229,0.224,0.225): pass --mean and --std if it was trained with others", soft_wrap=True)
         if ann is not None or dims is not None or whiten is not None or memory_budget is not None:
             changes = {"ann": ann and ann.value, "pca": dims, "whiten": whiten}
@@ -321,12 +321,12 @@ def index(
     out.print(
         f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.removed} removed, "
         f"{summary.failed} failed in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s); "
-        f"{total} images in {escape(index)}, searched with {engine}"
+        f"{total} images in {index}, searched with {engine}"
     )
     for path, reason in summary.failures[:10]:
-        out.print(f"  failed: {escape(path)}: {escape(reason)}")
+        out.print(f"  failed: {path}: {reason}")
     if len(summary.failures) > 10:
-        out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {escape(index)}`")
+        out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
 
 
 @app.command(rich_help_panel=SEARCH)
@@ -376,28 +376,28 @@ def search(
         for hit in hits:
             _raw(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
     else:
-        table = Table(title=f"like {escape(str(shown))}", title_justify="left", box=None, pad_edge=False,
+        table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False,
                       caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
         table.add_column("rank", justify="right")
         table.add_column(metric.value, justify="right")
         table.add_column("path", overflow="fold")
         for hit in hits:
-            flag = f" [red]({hit.stale} since indexed)[/red]" if hit.stale else ""
-            table.add_row(str(hit.rank), f"{hit.score:.4f}", escape(_shorter(hit.path)) + flag)
+            flag = Text(f" ({hit.stale} since indexed)", style="red") if hit.stale else ""
+            table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(_shorter(hit.path)) + flag)
         out.print(table)
     stale = [hit for hit in hits if hit.stale]
     if stale:
         gone = sum(hit.stale == "gone" for hit in stale)
         folders = " ".join(f"'{r}'" for r in roots) or "PHOTOS_DIR"
         err.print(f"{len(stale)} of these files changed since they were indexed ({gone} gone, "
-                  f"{len(stale) - gone} modified): refresh with `lookalike index {escape(folders)} --index "
-                  f"{escape(index)}`", soft_wrap=True)
+                  f"{len(stale) - gone} modified): refresh with `lookalike index {folders} --index "
+                  f"{index}`", soft_wrap=True)
     if grid is not None:
         from lookalike.viz import result_grid
 
         picture = images.load(shown, draft=(400, 400)).image
         result_grid(picture, hits, grid, title=f"query: {Path(shown).name}")
-        (err if as_json else out).print(f"grid written to {escape(str(grid))}")
+        (err if as_json else out).print(f"grid written to {grid}")
 
 
 @app.command(rich_help_panel=ADMIN)
@@ -417,7 +417,7 @@ def models(
         spec = resolve_spec(fetch, precision=precision and precision.value)
         with _Report(quiet) as progress:
             path = model_file(spec, progress.steps)
-        out.print(f"{escape(fetch)} ({spec.precision}): {escape(str(path))}")
+        out.print(f"{fetch} ({spec.precision}): {path}")
         return
     rows: list[dict[str, Any]] = [
         {"name": s.name, "dims": s.dims, "input_size": s.input_size, "precision": s.precision, "source": s.source,
@@ -438,10 +438,10 @@ def models(
     table.add_column("about", min_width=20)
     for row in rows:
         table.add_row(row["name"] + ("*" if row["default"] else ""), str(row["dims"]), str(row["input_size"]),
-                      row["precision"], escape(row["available"]), escape(row["description"]))
+                      row["precision"], row["available"], row["description"])
     out.print(table)
     out.print("* the default. Any ONNX file works too:")
-    out.print(escape("  --model FILE.onnx [--input-size N --mean M --std S]"))
+    out.print("  --model FILE.onnx [--input-size N --mean M --std S]")
 
 
 @app.command(rich_help_panel=ADMIN)
@@ -474,10 +474,10 @@ def info(
     budget = settings.get("memory_budget")
     limit = f"; memory budget {budget / 1e6:,.0f} MB" if budget else ""
     out.print(f"  search   {search_facts['engine']}{pca}: {search_facts['reason']}{limit}")
-    out.print(f"  folders  {escape(', '.join(facts['roots'])) or '-'}")
+    out.print(f"  folders  {', '.join(facts['roots']) or '-'}")
     out.print(f"  on disk  {facts['size_bytes'] / 1e6:.1f} MB")
     for failure in facts["failures"][:failures]:
-        out.print(f"  failed   {escape(_shorter(failure['path']))}: {escape(failure['error'])}")
+        out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
     if len(facts["failures"]) > failures:
         out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
 
@@ -607,7 +607,7 @@ def serve(
                              "using it; choose another with --port") from None
     with _Report(quiet) as progress:
         app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps)
-    err.print(f"serving {escape(index)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -708,7 +708,7 @@ def compare(
             out.print(table)
     if heatmap is not None:
         comparing.heatmap(images, scores, heatmap)
-        (err if as_json else out).print(f"heatmap written to {escape(str(heatmap))}")
+        (err if as_json else out).print(f"heatmap written to {heatmap}")
 
 
 @app.command(rich_help_panel=EXPLORE)
@@ -757,7 +757,7 @@ def robustness(
         table = Table(box=None, pad_edge=False)
         table.add_column("copy", justify="right")
         for name in scores:
-            table.add_column(escape(name), justify="right")
+            table.add_column(name, justify="right")
         table.add_column("augmentation")
         for i in range(n):
             table.add_row(str(i + 1), *(f"{v[i]:.3f}" for v in scores.values()), edits[i])
@@ -800,8 +800,8 @@ def features(
         return
     for block, path in zip(blocks, written, strict=False):
         c, h, w = block.maps.shape
-        out.print(f"{escape(str(path))}: {c} channels at {h}×{w} ({escape(block.name)})")
-    out.print(f"{escape(str(written[-1]))}: the image and the mean activation of all {len(blocks)} blocks")
+        out.print(f"{path}: {c} channels at {h}×{w} ({block.name})")
+    out.print(f"{written[-1]}: the image and the mean activation of all {len(blocks)} blocks")
 
 
 @app.command(name="export", rich_help_panel=ADMIN)
@@ -831,7 +831,7 @@ def _copy(source: str, target: str) -> None:
     _check_location(target)
     with Index.open(source) as idx:
         copied = idx.copy_to(target)
-    out.print(f"{copied} files copied from {escape(source)} to {escape(target)}")
+    out.print(f"{copied} files copied from {source} to {target}")
 
 
 @app.command(name="eval", rich_help_panel=EVALUATE)
@@ -913,7 +913,7 @@ def map_(
     _check_location(index)
     with Index.open(index) as idx, _Report(quiet) as progress:
         shown = index_map(idx, out_file, sample=sample, method=method, seed=seed, steps=progress.steps)
-    out.print(f"map of {shown} images written to {escape(str(out_file))}")
+    out.print(f"map of {shown} images written to {out_file}")
 
 
 def _fmt(values: list[float]) -> str:
