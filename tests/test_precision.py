@@ -95,9 +95,9 @@ def test_thread_settings_are_respected(tiny_model, photo_dir, tmp_path, monkeypa
     seen: set[str] = set()
     decode = images.decode
 
-    def spy(data, draft=None):
+    def spy(data, draft=None, budget=None):
         seen.add(threading.current_thread().name)
-        return decode(data, draft)
+        return decode(data, draft, budget)
 
     monkeypatch.setattr(images, "decode", spy)
     with Index.open(tmp_path / "t.lookalike", model=str(tiny_model), create=True, threads=1) as index:
