@@ -91,7 +91,7 @@ def test_first_int8_build_and_ann_build_say_what_they_do_and_quiet_silences(tmp_
     assert loud.returncode == 0, loud.stderr
     assert "making the int8 copy of tiny: calibration images" in loud.stderr
     assert "calibrating" in loud.stderr and "quantising" in loud.stderr
-    assert "building the hnsw search index of 9 images" in loud.stderr
+    assert "building the hnsw index over 9 images" in loud.stderr
     assert "indexing" in loud.stderr
     quiet = run_cli("index", str(photo_dir), "--index", str(tmp_path / "b.lookalike"), "--model", str(tiny_model),
                     "--mean", "0.5", "--std", "0.5", "--precision", "int8", "--ann", "annoy", "-q",
@@ -123,6 +123,10 @@ def test_search_flags_files_that_are_gone_or_changed_and_says_how_to_refresh(ind
     assert states[str(gone)] == "gone" and states[str(changed)] == "changed" and states[str(query)] is None
     assert "2 of these files changed since they were indexed (1 gone, 1 modified)" in result.stderr
     assert f"lookalike index '{photo_dir}' --index {indexed}" in result.stderr
+    table = run_cli("search", str(query), "--index", str(indexed), "-k", "9",  # the terminal table flags them too
+                    env={"TTY_COMPATIBLE": "1", "COLUMNS": "300", "NO_COLOR": "1"})
+    assert "(gone since indexed)" in table.stdout and "(changed since indexed)" in table.stdout
+    assert "[red]" not in table.stdout and "\\" not in table.stdout  # styled, never markup or escapes shown
     assert run_cli("index", str(photo_dir), "--index", str(indexed), "-q").returncode == 0
     again = run_cli("search", str(query), "--index", str(indexed), "-k", "8", "--json")
     assert all(r["stale"] is None for r in json.loads(again.stdout)["results"]) and "changed" not in again.stderr
