@@ -60,3 +60,30 @@ def _folder(path, kind: str):
     for m in range(2):
         picture(kind, seed=m).save(path / f"{m}.jpg")
     return path
+
+
+def test_accented_quoted_and_non_utf8_names_index_and_come_back_exactly(tmp_path, tiny_model):
+    """Filters quoted with JSON's \\u escapes failed on any accented name; a non-UTF-8 name cannot be a
+    Milvus string at all."""
+    import os
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    names = ["café \"q\" \\x.jpg", os.fsdecode(b"caf\xe9.jpg"), "\uf7e9 private.jpg"]
+    for n, name in enumerate(names):
+        with open(os.path.join(os.fsencode(root), os.fsencode(name)), "wb") as handle:
+            picture(("disc", "stripes", "noise")[n]).save(handle, "JPEG")
+    (root / "broken \u00e9.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    location = str(tmp_path / "names.db")
+    with Index.open(location, model=str(tiny_model), create=True) as index:
+        summary = index.add([root])
+        assert (summary.indexed, summary.failed) == (3, 1)
+        again = index.add([root])
+        assert (again.indexed, again.unchanged, again.removed) == (0, 4, 0)
+        for name in names:
+            path = os.fsdecode(os.path.join(os.fsencode(root), os.fsencode(name)))
+            assert index.search(path, k=1)[0].path == path
+            assert index.similar(path, k=1)[0].path != path
+        assert [f["path"] for f in index.info()["failures"]] == [str(root / "broken \u00e9.jpg")]
+        os.remove(os.path.join(os.fsencode(root), b"caf\xe9.jpg"))
+        assert index.add([root]).removed == 1

@@ -84,8 +84,44 @@ def _first_line(exc: Exception) -> str:
 
 
 def _quoted(text: str) -> str:
-    """A string literal for a Milvus filter expression."""
-    return json.dumps(text)
+    """A string literal for a Milvus filter expression: JSON quoting, but characters as themselves (Milvus'
+    parser knows no \\u escapes, so "café" must not become "caf\\u00e9")."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _listed(texts: Iterable[str]) -> str:
+    return "[" + ", ".join(_quoted(text) for text in texts) + "]"
+
+
+# A Milvus string must be valid UTF-8; a file name need not be (Python keeps its odd bytes as surrogate
+# escapes U+DC80-U+DCFF). Stored, each such byte becomes a private-use character U+F780-U+F7FF, and a name's
+# own characters in U+F700-U+F7FF are prefixed with U+F700: reversible for every name, and every name that is
+# UTF-8 and free of those rare characters is stored as itself.
+_MARK = "\uf700"
+
+
+def _to_milvus(path: str) -> str:
+    if not any("\udc80" <= c <= "\udcff" or "\uf700" <= c <= "\uf7ff" for c in path):
+        return path
+    return "".join(chr(ord(c) - 0xDC80 + 0xF780) if "\udc80" <= c <= "\udcff"
+                   else _MARK + c if "\uf700" <= c <= "\uf7ff" else c for c in path)
+
+
+def _from_milvus(stored: str) -> str:
+    if not any("\uf700" <= c <= "\uf7ff" for c in stored):
+        return stored
+    out, escaped = [], False
+    for c in stored:
+        if escaped:
+            out.append(c)
+            escaped = False
+        elif c == _MARK:
+            escaped = True
+        elif "\uf780" <= c <= "\uf7ff":
+            out.append(chr(ord(c) - 0xF780 + 0xDC80))
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 class MilvusStore(IndexStore):
@@ -235,10 +271,10 @@ class MilvusStore(IndexStore):
     def known(self, under: str | None = None) -> dict[str, Known]:
         prefix = "" if under is None else under.rstrip("/") + "/"
         # `like` reads _ and % in a folder name as wildcards: it finds a superset, kept exact by startswith
-        filter = f"path like {_quoted(prefix + '%')}" if prefix else ""
-        return {row["path"]: Known(row["size"], row["mtime_ns"], row["sha256"] or None, row["status"])
-                for row in self._scan(filter, ["path", "size", "mtime_ns", "sha256", "status"])
-                if row["path"].startswith(prefix)}
+        filter = f"path like {_quoted(_to_milvus(prefix) + '%')}" if prefix else ""
+        found = {_from_milvus(row["path"]): Known(row["size"], row["mtime_ns"], row["sha256"] or None, row["status"])
+                 for row in self._scan(filter, ["path", "size", "mtime_ns", "sha256", "status"])}
+        return {path: known for path, known in found.items() if path.startswith(prefix)}
 
     def write(self, records: Sequence[FileRecord]) -> None:
         if not records:
@@ -247,7 +283,7 @@ class MilvusStore(IndexStore):
         self._delete_paths([r.path for r in records])
         ids = self._new_ids(len(records))
         zero = [0.0] * self.spec.dims
-        rows = [{"id": int(file_id), "path": r.path, "size": r.size, "mtime_ns": r.mtime_ns,
+        rows = [{"id": int(file_id), "path": _to_milvus(r.path), "size": r.size, "mtime_ns": r.mtime_ns,
                  "sha256": r.sha256 or "", "width": r.width, "height": r.height,
                  "status": "ok" if r.vector is not None else "failed", "error": (r.error or "")[:1000],
                  "vector": zero if r.vector is None else np.asarray(r.vector, np.float32).tolist()}
@@ -260,10 +296,10 @@ class MilvusStore(IndexStore):
         if not updates:
             return
         self._claim()
-        rows = self.client.query(self.collection, filter=f"path in {json.dumps(list(updates))}",
+        rows = self.client.query(self.collection, filter=f"path in {_listed(map(_to_milvus, updates))}",
                                  output_fields=[*FIELDS, "vector"])
         for row in rows:
-            row["size"], row["mtime_ns"] = updates[row["path"]]
+            row["size"], row["mtime_ns"] = updates[_from_milvus(row["path"])]
         self.client.upsert(self.collection, rows)
 
     def remove(self, paths: Iterable[str]) -> int:
@@ -280,7 +316,7 @@ class MilvusStore(IndexStore):
         removed = 0
         for start in range(0, len(paths), 500):
             chunk = paths[start:start + 500]
-            result = self.client.delete(self.collection, filter=f"path in {json.dumps(chunk)}")
+            result = self.client.delete(self.collection, filter=f"path in {_listed(map(_to_milvus, chunk))}")
             removed += result.get("delete_count", 0) if isinstance(result, dict) else len(result or [])
         return removed
 
@@ -306,17 +342,18 @@ class MilvusStore(IndexStore):
         return np.sort(np.array([row["id"] for row in self._scan('status == "ok"', ["id"])], np.int64))
 
     def vector_of(self, path: str) -> np.ndarray | None:
-        rows = self.client.query(self.collection, filter=f'path == {_quoted(path)} and status == "ok"',
+        rows = self.client.query(self.collection, filter=f'path == {_quoted(_to_milvus(path))} and status == "ok"',
                                  output_fields=["vector"])
         return np.asarray(rows[0]["vector"], np.float32) if rows else None
 
     def details(self) -> dict[int, FileDetails]:
-        return {int(r["id"]): FileDetails(r["path"], r["width"], r["height"], r["size"], r["mtime_ns"],
+        return {int(r["id"]): FileDetails(_from_milvus(r["path"]), r["width"], r["height"], r["size"], r["mtime_ns"],
                                           r["sha256"] or None)
                 for r in self._scan("", ["id", "path", "width", "height", "size", "mtime_ns", "sha256"])}
 
     def id_of(self, path: str) -> int | None:
-        rows = self.client.query(self.collection, filter=f"path == {_quoted(path)}", output_fields=["id"])
+        rows = self.client.query(self.collection, filter=f"path == {_quoted(_to_milvus(path))}",
+                                 output_fields=["id"])
         return int(rows[0]["id"]) if rows else None
 
     def own_paths(self) -> list[Path]:
@@ -326,14 +363,14 @@ class MilvusStore(IndexStore):
     def image_path(self, file_id: int) -> str | None:
         rows = self.client.query(self.collection, filter=f'id == {int(file_id)} and status == "ok"',
                                  output_fields=["path"])
-        return rows[0]["path"] if rows else None
+        return _from_milvus(rows[0]["path"]) if rows else None
 
     def files(self, ids: Iterable[int]) -> dict[int, FileInfo]:
         ids = [int(i) for i in ids if int(i) >= 0]
         if not ids:
             return {}
         rows = self.client.get(self.collection, ids=ids, output_fields=["path", "width", "height"])
-        return {int(row["id"]): FileInfo(row["path"], row["width"], row["height"]) for row in rows}
+        return {int(row["id"]): FileInfo(_from_milvus(row["path"]), row["width"], row["height"]) for row in rows}
 
     def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
         ids = [int(i) for i in ids if int(i) >= 0]
@@ -352,14 +389,15 @@ class MilvusStore(IndexStore):
         return counts
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
-        rows = sorted((row["path"], row["error"]) for row in self._scan('status == "failed"', ["path", "error"]))
+        rows = sorted((_from_milvus(row["path"]), row["error"])
+                      for row in self._scan('status == "failed"', ["path", "error"]))
         return rows if limit is None else rows[:limit]
 
     def records(self, batch: int = 1000) -> Iterator[list[FileRecord]]:
         chunk: list[FileRecord] = []
         for row in self._scan("", [*FIELDS, "vector"]):
             vector = np.asarray(row["vector"], np.float32) if row["status"] == "ok" else None
-            chunk.append(FileRecord(row["path"], row["size"], row["mtime_ns"], row["sha256"] or None,
+            chunk.append(FileRecord(_from_milvus(row["path"]), row["size"], row["mtime_ns"], row["sha256"] or None,
                                     row["width"], row["height"], vector, row["error"] or ""))
             if len(chunk) == batch:
                 yield chunk
