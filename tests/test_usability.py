@@ -89,7 +89,7 @@ def test_first_int8_build_and_ann_build_say_what_they_do_and_quiet_silences(tmp_
     loud = run_cli("index", str(photo_dir), "--index", str(tmp_path / "a.lookalike"), "--model", str(tiny_model),
                    "--precision", "int8", "--ann", "hnsw", env=cache)
     assert loud.returncode == 0, loud.stderr
-    assert "making the int8 copy of tiny: calibration images" in loud.stderr
+    assert "int8 copy of tiny (once): calibration" in loud.stderr
     assert "calibrating" in loud.stderr and "quantising" in loud.stderr
     assert "building the hnsw index over 9 images" in loud.stderr
     assert "indexing" in loud.stderr
@@ -241,3 +241,37 @@ def test_serve_on_a_taken_port_is_one_line(indexed):
         result = run_cli("serve", "--index", str(indexed), "--port", str(port), timeout=60)
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
     assert "--port" in result.stderr
+
+
+# -- HEIC by default ------------------------------------------------------------------------------------------
+
+def test_heic_photos_are_indexed_out_of_the_box_and_pillow_is_changed_only_when_one_is_met(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    pillow_heif = pytest.importorskip("pillow_heif")  # a core dependency: only a broken install lacks it
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    pillow_heif.from_pillow(picture("disc", seed=4)).save(folder / "IMG_0001.HEIC", quality=90)
+    pillow_heif.from_pillow(picture("noise", seed=4)).save(folder / "no-extension", quality=90)
+    result = run_cli("index", str(folder), "--index", str(tmp_path / "h.lookalike"), "--model", str(tiny_model),
+                     "--mean", "0.5", "--std", "0.5", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "2 indexed, 0 unchanged, 0 removed, 0 failed" in result.stdout
+    code = ("import lookalike, lookalike.index, lookalike.images\nfrom PIL import Image\n"
+            "print('HEIF' in Image.OPEN)")
+    opened = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert opened.stdout.strip() == "False"
+
+
+def test_eval_shows_the_reference_column_only_for_caltech101(tmp_path, tiny_model, photo_dir):
+    result = run_cli("eval", str(photo_dir), "--model", str(tiny_model), "--pca", "2", "--no-timing", "-q",
+                     "--report", str(tmp_path / "report"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("figure"))
+    assert header.split() == ["figure", "lookalike"]
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "| figure | lookalike |\n" in page and "ResNet-50" not in page
+    data = json.loads(run_cli("eval", str(photo_dir), "--index", str(tmp_path / "photos.lookalike"), "--pca", "none",
+                              "--no-timing", "--json", cwd=tmp_path).stdout)
+    assert data["reference"] is None and data["images"] == 9

@@ -29,9 +29,8 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
@@ -207,14 +206,25 @@ def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
 
 class _Count(ProgressColumn):
     def render(self, task) -> Text:
-        return Text(f"{task.completed:,.0f}/{task.total:,.0f}" if task.total else "", style="green")
+        counted = task.total and task.fields.get("counted", True)
+        return Text(f"{task.completed:,.0f}/{task.total:,.0f}" if counted else "", style="green")
 
 
-class _Speed(ProgressColumn):
+class _Pace(ProgressColumn):
+    """Images/s and time left for the indexing bar; the time taken so far for the one-off steps."""
+
     def render(self, task) -> Text:
         if task.fields.get("unit") != "img":
-            return Text("")
-        return Text(f"{task.speed:6.0f} img/s" if task.speed else "      … img/s", style="cyan")
+            return Text(_clock(task.finished_time if task.finished else task.elapsed), style="yellow")
+        speed = f"{task.speed:.0f} img/s" if task.speed else "… img/s"
+        left = f", {_clock(task.time_remaining)} left" if task.time_remaining is not None and not task.finished else ""
+        return Text(speed + left, style="cyan")
+
+
+def _clock(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class _Report:
@@ -223,8 +233,9 @@ class _Report:
     Nothing at all with --quiet."""
 
     def __init__(self, quiet: bool):
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), _Count(), _Speed(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
+        # The description wraps rather than being cut: it is the part that says what is going on.
+        self.bar = Progress(TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=False)),
+                            BarColumn(bar_width=20), _Count(), _Pace(), console=err, disable=quiet,
                             transient=False)
         self.tasks: dict[str, TaskID] = {}
 
@@ -238,7 +249,7 @@ class _Report:
     def steps(self, what: str, done: int, total: int | None) -> None:
         task = self.tasks.get(what)
         if task is None:
-            task = self.tasks[what] = self.bar.add_task(escape(what), total=total)
+            task = self.tasks[what] = self.bar.add_task(escape(what), total=total, counted=total is not None)
         self.bar.update(task, completed=done, total=total)
         if total is not None and done >= total:
             self.bar.stop_task(task)
@@ -857,7 +868,7 @@ def eval_(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure search quality on a labelled dataset (P@k, recall@k, mAP), the PCA sweep and query times."""
-    from lookalike.evaluation.protocol import evaluate_index, index_dataset
+    from lookalike.evaluation.protocol import evaluate_index, has_reference, index_dataset
     from lookalike.evaluation.report import summary_rows, write_report
     from lookalike.index import Index
     from lookalike.models.registry import resolve_spec
@@ -883,10 +894,11 @@ def eval_(
         print(json.dumps(result.to_dict(), indent=2))
     else:
         table = Table(title=f"{dataset} with {result.model}", title_justify="left", box=None, pad_edge=False)
-        for column in ("figure", "lookalike", "reference"):
+        reference = has_reference(result)
+        for column in ("figure", "lookalike", "reference") if reference else ("figure", "lookalike"):
             table.add_column(column, overflow="fold")
         for row in summary_rows(result):
-            table.add_row(*row)
+            table.add_row(*(row if reference else row[:2]))
         out.print(table)
     if report is not None:
         page = write_report(result, report)

@@ -50,6 +50,7 @@ class Hit:
     width: int
     height: int
     stale: str | None = None  # "gone" or "changed": the file on disk is not what was indexed
+    bytes: int = 0  # the file's size when it was indexed
 
 
 def find_index(start: str | os.PathLike | None = None) -> tuple[str, str] | None:
@@ -338,7 +339,7 @@ class Index:
             else:
                 same = record is None or (found.st_size == record.size and found.st_mtime_ns == record.mtime_ns)
                 state = None if same else "changed"
-            checked.append(replace(hit, stale=state) if state else hit)
+            checked.append(replace(hit, stale=state, bytes=record.size if record is not None else 0))
         return checked
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",

@@ -81,8 +81,14 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["reference"] = REFERENCE
+        data["reference"] = REFERENCE if has_reference(self) else None
         return data
+
+
+def has_reference(result: EvalResult) -> bool:
+    """Whether the reference pipeline's figures apply: they were measured on Caltech101, and beside any other
+    dataset they mislead."""
+    return Path(result.dataset).name.lower() == "caltech101"
 
 
 def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: int = 4,

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from lookalike.evaluation.protocol import REFERENCE, EvalResult
+from lookalike.evaluation.protocol import REFERENCE, EvalResult, has_reference
 from lookalike.images import printable
 from lookalike.viz import BAD, GOOD, QUERY, caption_name, rows_grid, tile_of
 
@@ -76,15 +76,17 @@ def literal(text: str) -> str:
 
 def markdown(result: EvalResult, plots: dict[str, str] | None = None) -> str:
     plots = plots or {}
+    reference = has_reference(result)
+    table = (["| figure | lookalike | reference |", "|---|---|---|",
+              *(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(result))] if reference else
+             ["| figure | lookalike |", "|---|---|", *(f"| {a} | {b} |" for a, b, _ in summary_rows(result))])
     lines = [
         f"# lookalike eval: {literal(Path(result.dataset).name)}",
         "",
-        f"Model **{literal(result.model)}**, {result.images:,} images, {result.groups} groups, k = {result.k}. "
-        f"Reference: {REFERENCE['model']}.",
+        f"Model **{literal(result.model)}**, {result.images:,} images, {result.groups} groups, k = {result.k}."
+        + (f" Reference (on Caltech101): {REFERENCE['model']}." if reference else ""),
         "",
-        "| figure | lookalike | reference |",
-        "|---|---|---|",
-        *(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(result)),
+        *table,
         "",
         "The PCA rows follow the reference's protocol (PCA fitted on the whole set, euclidean distance on the "
         "PCA coordinates). Query times are medians of single queries on a warm process; recall@10 is measured "
@@ -116,7 +118,7 @@ def write_report(result: EvalResult, folder: str | Path) -> Path:
         ax = fig.subplots()
         dims = [d for d, _ in result.pca]
         ax.plot(dims, [100 * v for _, v in result.pca], "o-", label=f"lookalike, {result.model}")
-        if result.k == 4:
+        if result.k == 4 and has_reference(result):
             ref = [(d, v) for d, v in REFERENCE["pca"].items()]
             ax.plot([d for d, _ in ref], [v for _, v in ref], "s--", color="grey", label="reference, ResNet-50")
         ax.set_xscale("log")
@@ -128,9 +130,10 @@ def write_report(result: EvalResult, folder: str | Path) -> Path:
         plots["pca"] = "pca.png"
     timed = [m for m in result.methods if not math.isnan(m.ms_per_query)]
     if timed:
-        names = [f"lookalike: {m.name}" for m in timed] + [f"reference: {k}" for k in REFERENCE["query_ms"]]
-        values = [m.ms_per_query for m in timed] + list(REFERENCE["query_ms"].values())
-        colours = ["tab:blue"] * len(timed) + ["grey"] * len(REFERENCE["query_ms"])
+        shown = REFERENCE["query_ms"] if has_reference(result) else {}
+        names = [f"lookalike: {m.name}" for m in timed] + [f"reference: {k}" for k in shown]
+        values = [m.ms_per_query for m in timed] + list(shown.values())
+        colours = ["tab:blue"] * len(timed) + ["grey"] * len(shown)
         fig = Figure(figsize=(8, 0.45 * len(names) + 1.2))
         ax = fig.subplots()
         ax.barh(names[::-1], values[::-1], color=colours[::-1])

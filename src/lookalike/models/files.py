@@ -88,7 +88,7 @@ def model_file(spec: ModelSpec, steps: Steps | None = None) -> Path:
         if not path.is_file():
             from lookalike.models.export import export_onnx
 
-            what = f"exporting {spec.name} to ONNX (once per machine)"
+            what = f"exporting {spec.name} to ONNX (once)"
             _step(steps, what, 0, None)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -85,12 +85,12 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
 
     def step(what: str, done: int, total: int | None) -> None:
         if steps is not None:
-            steps(f"{what} (once per machine)", done, total)
+            steps(what, done, total)
 
-    making = f"making the int8 copy of {name}: calibration images"
+    making = f"int8 copy of {name} (once): calibration images"
     pixels = calibration_pixels(size, progress=lambda done, total: step(making, done, total))
-    calibrating = f"making the int8 copy of {name}: calibrating"
-    quantising = f"making the int8 copy of {name}: quantising"
+    calibrating = f"int8 copy of {name} (once): calibrating"
+    quantising = f"int8 copy of {name} (once): quantising"
     batches = len(range(0, len(pixels), CALIBRATION_BATCH))
 
     class Reader(CalibrationDataReader):

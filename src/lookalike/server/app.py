@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
@@ -31,13 +31,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike import images
 from lookalike.errors import DiskFull, IndexDamaged, LookalikeError, NotIndexed, StoreUnavailable
 from lookalike.fileio import atomic_write
-from lookalike.index import Index
+from lookalike.index import Hit, Index
 from lookalike.search.options import Engine as Ann
 from lookalike.search.options import Metric
 from lookalike.server.batcher import EmbeddingBatcher
@@ -51,6 +51,20 @@ from lookalike.server.security import (
 )
 
 PAGE = Path(__file__).with_name("page.html")
+DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+
+
+def _docs_assets() -> Path | None:
+    """Swagger UI's files as fastapi-offline ships them (the serve extra), or None: then /docs uses a CDN."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    folder = Path(fastapi_offline.__file__).with_name("static")
+    return folder if all((folder / name).is_file() for name in DOCS_FILES) else None
+
+
+DOCS_ASSETS = _docs_assets()
 THUMB = 256
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 
@@ -93,10 +107,11 @@ class Service:
                 return images.printable(f"{Path(root).name}/{Path(path).relative_to(root).as_posix()}")
         return images.printable(Path(path).name)
 
-    def results(self, hits) -> list[dict]:
-        return [{"id": h.id, "path": self.relative(h.path), "score": round(h.score, 6), "width": h.width,
-                 "height": h.height, "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}", "stale": h.stale}
-                for h in hits]
+    def results(self, hits, *, scored: bool = True) -> list[dict]:
+        """Hits as clients see them; `stale` says "gone" or "changed" where the file is not what was indexed."""
+        return [{"id": h.id, "path": self.relative(h.path), "score": round(h.score, 6) if scored else None,
+                 "width": h.width, "height": h.height, "bytes": h.bytes, "stale": h.stale,
+                 "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}"} for h in hits]
 
     def path_of(self, file_id: int) -> str:
         """The path of an image that was indexed successfully (a failed file is never served)."""
@@ -238,8 +253,21 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     def docs(request: Request) -> HTMLResponse:
         given = request.query_params.get("token")  # a browser's token travels in the URL to the schema too
         url = "/openapi.json" + (f"?token={quote(given, safe='')}" if given else "")
-        html = bytes(get_swagger_ui_html(openapi_url=url, title="lookalike API").body).decode()
+        assets: dict[str, Any] = {}
+        if DOCS_ASSETS is not None:  # served from here: the docs work with no network (else from a CDN)
+            assets = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
+                      "swagger_css_url": "/docs-assets/swagger-ui.css",
+                      "swagger_favicon_url": "/docs-assets/favicon.png"}
+        html = bytes(get_swagger_ui_html(openapi_url=url, title="lookalike API", **assets).body).decode()
         return HTMLResponse(html, headers={"Content-Security-Policy": policy_for(html)})
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> FileResponse:
+        """Swagger UI's own files (no data: open without the token, as a <script src> cannot send one)."""
+        if DOCS_ASSETS is None or name not in DOCS_FILES:
+            raise ApiError(404, f"no such file: {name}")
+        return FileResponse(DOCS_ASSETS / name, media_type=DOCS_FILES[name],
+                            headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -312,10 +340,9 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
             ids = index.ids()
             chosen = random.Random(seed).sample(ids.tolist(), min(n, len(ids)))
             found = index.files(chosen)
-        results = [{"id": i, "path": service.relative(found[i].path), "score": None, "width": found[i].width,
-                    "height": found[i].height, "thumbnail": f"/thumbs/{i}", "image": f"/images/{i}"}
-                   for i in chosen if i in found]
-        return {"results": results}
+            hits = index.check_files([Hit(n + 1, 0.0, found[i].path, i, found[i].width, found[i].height)
+                                      for n, i in enumerate(i for i in chosen if i in found)])
+        return {"results": service.results(hits, scored=False)}
 
     @app.get("/images/{file_id}", dependencies=api, summary="An indexed image, as stored")
     def image(file_id: FileId) -> StreamingResponse:
