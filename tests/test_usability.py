@@ -239,7 +239,7 @@ def test_serve_on_a_taken_port_is_one_line(indexed):
         taken.listen()
         port = taken.getsockname()[1]
         result = run_cli("serve", "--index", str(indexed), "--port", str(port), timeout=60)
-    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port} (Address already in use): another server")
     assert "--port" in result.stderr
 
 

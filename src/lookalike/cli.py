@@ -614,8 +614,9 @@ def serve(
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another server may be "
-                             "using it; choose another with --port") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # without the socket module's retelling
+        raise UsageError(f"cannot listen on {host}:{port} ({reason}): another server may be using it; choose "
+                         "another with --port") from None
     with _Report(quiet) as progress:
         app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps)
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")

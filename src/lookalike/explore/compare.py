@@ -65,24 +65,25 @@ def heatmap(paths: Sequence[str | Path], scores: Mapping[str, np.ndarray] | np.n
     low = min(0.0, *(float(m.min()) for m in matrices.values()))
     side = 2.6 + 0.9 * n
     fig = Figure(figsize=(side * len(matrices) + 0.8, side))
-    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
-    for ax, (model, matrix) in zip(axes, matrices.items(), strict=True):
+    axes = fig.subplots(1, len(matrices), squeeze=False, gridspec_kw={"wspace": 0.45})[0]
+    for panel, (ax, (model, matrix)) in enumerate(zip(axes, matrices.items(), strict=True)):
         shown = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0)
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=9,
                         color="black" if matrix[i, j] > 0.6 else "white")
-        # Names on the axes, thumbnails beyond them: below the x axis and left of the y axis.
+        # Names on the axes; thumbnails above the columns and right of the last panel's rows.
         ax.set_xticks(range(n), names, rotation=40, ha="right", fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
         for i, thumb in enumerate(thumbs):
             ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.5), (i, -0.5), box_alignment=(0.5, -0.1),
                                          frameon=False, annotation_clip=False))
-            ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.5), (n - 0.5, i), box_alignment=(-0.1, 0.5),
-                                         frameon=False, annotation_clip=False))
+            if panel == len(matrices) - 1:  # rows: right of the last panel, clear of the next panel's names
+                ax.add_artist(AnnotationBbox(OffsetImage(thumb, zoom=0.5), (n - 0.5, i), box_alignment=(-0.1, 0.5),
+                                             frameon=False, annotation_clip=False))
         if model:
             ax.set_title(model, pad=44)
-    fig.colorbar(shown, ax=list(axes), fraction=0.03, label="cosine similarity")
+    fig.colorbar(shown, ax=list(axes), fraction=0.03, pad=0.08, label="cosine similarity")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
