@@ -58,9 +58,10 @@ def main() -> None:
 {rows}
 
 Targets: P@4 ≥ 89 % at full dimension, whole-set extraction ≤ 1.5 min, exact query ≤ 2 ms at 8,677 vectors.
-PCA rows use the reference's protocol (euclidean on PCA coordinates fitted on the whole set). One-query times
-are medians over 200 queries on a warm process; recall@10 is against exact search at full dimension, so the
-PCA rows also show what the projection itself changes. The reference's times come from its own machine.
+PCA rows use the reference's protocol (euclidean on PCA coordinates fitted on the whole set). The "one query"
+rows are over 200 sampled queries (not every image): their times are medians on a warm process, and their
+recall@10 (against exact search at full dimension, so the PCA rows also show what the projection itself
+changes) and P@4 are over those 200 queries. The reference's times come from its own machine.
 
 ![P@4 against PCA dims](img/eval-{label}-pca.png)
 ![query time per method](img/eval-{label}-query_time.png)

@@ -44,11 +44,20 @@ def command() -> str:
 
 
 def commit() -> str:
+    """HEAD, and when the tree differs from it, which files did: the figures were measured on code that no
+    commit holds (the page and its plots, which the benchmarks write, do not count)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    changed = [line[3:] for line in status.splitlines() if not line[3:].startswith(("docs/BENCHMARKS.md", "docs/img/"))]
+    if not changed:
+        return head
+    listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return f"{head} with uncommitted changes ({listed})"
 
 
 def write_section(name: str, body: str) -> None:

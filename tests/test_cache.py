@@ -231,3 +231,85 @@ def test_a_full_disk_while_writing_the_vectors_answers_from_memory(tmp_path, spe
     assert (answer.ids[:, 0] == store.ids()[:10]).all()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "could not save" in warnings[0], warnings
+
+
+# -- issue 17: derived files follow the store in proportion to what changed ---------------------------------
+
+def manifest_of(store: Store) -> dict:
+    import json
+
+    return json.loads((Path(str(store.path) + "-cache") / "manifest.json").read_text())
+
+
+def test_adding_and_removing_appends_to_the_vectors_file_instead_of_rewriting_it(tmp_path, spec):
+    x = clustered(600, DIMS, seed=17)
+    store = make_store(tmp_path / "grow.lookalike", spec, x[:500])
+    searcher = Searcher(store)
+    searcher.search(x[:1], 1)
+    before = manifest_of(store)
+    path = Path(str(store.path) + "-cache") / before["vectors"]
+    head = path.read_bytes()
+    store.write([FileRecord(f"/new/{i}.jpg", 1, 1, None, vector=v) for i, v in enumerate(x[500:])])
+    store.remove([f"/img/{i:06d}.jpg" for i in range(10)])
+    answer = searcher.search(x[500:], 1)
+    after = manifest_of(store)
+    assert after["vectors"] == before["vectors"] and after["rows"] == 600  # the same file, 100 rows longer
+    assert path.read_bytes()[: len(head)] == head
+    assert (answer.ids[:, 0] == store.ids()[-100:]).all()
+    gone = set(range(1, 11))
+    assert not gone & set(Searcher(store).search(x[:10], 3).ids.ravel().tolist())  # tombstones, in a new process
+    fresh = Searcher(store)
+    fresh.refresh()
+    assert len(fresh.ids) == 590
+
+
+def test_a_small_change_is_reapplied_on_load_rather_than_the_engine_saved_again(tmp_path, spec, monkeypatch):
+    import lookalike.search.searcher as searcher_module
+
+    monkeypatch.setattr(searcher_module, "ALWAYS_SAVE", 0)  # behave as at a million vectors
+    x = clustered(1000, DIMS, seed=18)  # 995 indexed, then 5 more: half a percent
+    store = make_store(tmp_path / "small.lookalike", spec, x[:995])
+    settings = SearchSettings(ann="hnsw")
+    Searcher(store, settings).engine("hnsw", save=True)
+    saved = manifest_of(store)["engines"]["hnsw"]
+    store.write([FileRecord(f"/new/{i}.jpg", 1, 1, None, vector=v) for i, v in enumerate(x[995:])])
+    assert (Searcher(store, settings).search(x[995:], 1).ids[:, 0] == store.ids()[-5:]).all()
+    assert manifest_of(store)["engines"]["hnsw"] == saved  # 5 of 1,000 changed: the graph was not rewritten
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(HNSWIndex, "build", no_build)
+    again = Searcher(store, settings)  # a new process loads the saved graph and adds the 5 again
+    assert (again.search(x[995:], 1).ids[:, 0] == store.ids()[-5:]).all()
+
+
+def test_lookalike_index_builds_the_engine_and_says_so_so_that_search_never_builds(families, tiny_model,  # noqa: F811
+                                                                                   tmp_path):
+    target = tmp_path / "built.lookalike"
+    result = run_cli("index", str(families), "--index", str(target), "--model", str(tiny_model), "--ann", "hnsw")
+    assert result.returncode == 0, result.stderr
+    assert "building the hnsw index over 36 images" in result.stderr
+    from lookalike import Index
+
+    with Index.open(target) as index:
+        manifest = json_manifest(target)
+        assert "hnsw" in manifest["engines"]
+        hits = index.search(index.vectors()[1][0], 3)
+    assert hits.engine.startswith("hnsw")
+
+
+def json_manifest(index_path: Path) -> dict:
+    import json
+
+    return json.loads((Path(str(index_path) + "-cache") / "manifest.json").read_text())
+
+
+def test_auto_searches_a_large_collection_with_hnsw_over_pca_and_exact_when_asked():
+    from lookalike.search.searcher import choose
+
+    large = choose(1_000_000, 1280, SearchSettings())
+    assert large.engine == "hnsw" and large.pca == 256 and "PCA-256" in large.reason
+    assert choose(1_000_000, 1280, SearchSettings(pca=128)).pca == 128
+    assert choose(20_000, 1280, SearchSettings()).pca == 0
+    assert choose(1_000_000, 1280, SearchSettings(ann="hnsw")).pca == 0  # --ann hnsw: full dims, as asked

@@ -60,7 +60,9 @@ SETTINGS = dict(dim=8, hidden=64, epochs=300, patience=30, learning_rate=3e-3, v
 def test_training_beats_the_frozen_base_on_held_out_images(stripes, tiny_model, tmp_path):
     report = train(stripes, tmp_path / "model", TrainSettings(base=str(tiny_model), **SETTINGS))
     assert report.classes == ["blue", "green", "red"]
-    assert (report.train_images, report.val_images) == (63, 27)  # stratified: 9 of each 30 held out
+    # stratified: of each class's 30, 6 are the test split (20 %), 9 validate early stopping (30 %), 15 train
+    assert (report.train_images, report.val_images, report.test_images) == (45, 27, 18)
+    assert len(report.test_paths) == 18 and not set(report.test_paths) & set(report.val_paths)  # untouched
     assert report.trained["p_at_3"] >= report.base["p_at_3"] + 0.15, (report.base, report.trained)
     assert report.trained["map"] > report.base["map"]
     spec = json.loads((tmp_path / "model" / "lookalike-model.json").read_text())
@@ -129,7 +131,7 @@ def test_cli_train_and_a_folder_that_is_not_a_model(stripes, tiny_model, tmp_pat
     result = run_cli("train", str(stripes), "--out", str(tmp_path / "cli-model"), "--base", str(tiny_model),
                      "--dim", "8", "--hidden", "64", "--val", "0.3", "-k", "3", "-q")
     assert result.returncode == 0, result.stderr
-    assert "held out: P@3" in result.stdout and "use it with `--model" in result.stdout
+    assert "test split: P@3" in result.stdout and "use it with `--model" in result.stdout
     with pytest.raises(ModelUnavailable, match="not a lookalike model folder"):
         resolve_spec(str(tmp_path))
     bad = run_cli("index", str(stripes), "--index", str(tmp_path / "x.lookalike"), "--model", str(stripes))

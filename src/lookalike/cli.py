@@ -635,8 +635,10 @@ def train(
     loss: Annotated[str, typer.Option(help="softmax (cross-entropy, as the reference) or arcface.")] = "softmax",
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping ends sooner).")]
         = 300,
-    val: Annotated[float, typer.Option(help="Share of each class held out for validation.")] = 0.2,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="P@k of the held-out evaluation.")] = 10,
+    val: Annotated[float, typer.Option(help="Share of each class held out for validation (early stopping).")] = 0.2,
+    test: Annotated[float, typer.Option(help="Share of each class kept for the report, unseen by training and "
+                                        "early stopping.")] = 0.2,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="P@k of the evaluation on the test split.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Leave this class folder out (repeat for more).")]
         = None,
@@ -646,7 +648,8 @@ def train(
     from lookalike.train import TrainSettings
     from lookalike.train import train as run_training
 
-    settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, k=k, seed=seed,
+    settings = TrainSettings(base=base, dim=dim, hidden=hidden, loss=loss, epochs=epochs, val=val, test=test, k=k,
+                             seed=seed,
                              exclude=tuple(exclude or ()))
     with Progress(TextColumn("{task.description}"), BarColumn(), _Count(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=err, disable=quiet, transient=False) as bar:
@@ -670,12 +673,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     out_print = out.resolve()
     print_lines = [
-        f"{len(report.classes)} classes, {report.train_images} training and {report.val_images} held-out images; "
+        f"{len(report.classes)} classes, {report.train_images} training, {report.val_images} validation and "
+        f"{report.test_images} test images; "
         f"best epoch {report.best_epoch} of {report.epochs_run} (val loss {report.best_val_loss:.3f}, "
         f"val accuracy {report.val_accuracy:.3f}) in {report.seconds:.1f} s",
     ]
     if report.base:
-        print_lines.append(f"held out: P@{k} {report.base[key]:.3f} -> {report.trained[key]:.3f}, "
+        print_lines.append(f"test split: P@{k} {report.base[key]:.3f} -> {report.trained[key]:.3f}, "
                            f"mAP {report.base['map']:.3f} -> {report.trained['map']:.3f} (frozen {base} -> trained)")
     print_lines.append(f"model written to {out_print}: use it with `--model {out}`")
     for line in print_lines:

@@ -5,7 +5,8 @@ The base model's features are computed once, into a lookalike index in the user 
 with other settings, embeds nothing). The head is a linear projection to `dim` dimensions with a
 classifier on top that exists only for training: softmax cross-entropy (the reference's recipe) or ArcFace
 (an additive angular margin on normalised weights, a metric-learning loss). Training stops early when the
-validation loss has not improved for `patience` epochs; the best checkpoint is kept. The exported graph is
+validation loss has not improved for `patience` epochs; the best checkpoint is kept. The report's P@k and
+mAP are measured on a third split, the test images, which neither training nor early stopping saw. The exported graph is
 the base graph (fp32) with the head appended: pixels in, L2-normalised embedding out; the model directory
 also holds lookalike-model.json (dims, preprocessing, classes, metrics), which is what makes the directory a
 model name (`--model MODEL_DIR`). torch is imported here only, and only to train.
@@ -45,10 +46,11 @@ class TrainSettings:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    val: float = 0.2
+    val: float = 0.2  # share of each class that validates early stopping
+    test: float = 0.2  # share of each class kept for the report: used by neither training nor early stopping
     patience: int = 15
     seed: int = 0
-    k: int = 10  # P@k of the held-out evaluation
+    k: int = 10  # P@k of the evaluation on the test split
     exclude: tuple[str, ...] = ()  # class folders left out (e.g. Caltech101's BACKGROUND_Google)
 
 
@@ -63,10 +65,12 @@ class TrainReport:
     val_accuracy: float
     seconds: float
     feature_seconds: float
-    base: dict = field(default_factory=dict)  # held-out P@k / mAP of the frozen base features
+    base: dict = field(default_factory=dict)  # P@k / mAP of the frozen base features on the test split
     trained: dict = field(default_factory=dict)  # the same with the trained head
     skipped: list[tuple[str, str]] = field(default_factory=list)
     val_paths: list[str] = field(default_factory=list)
+    test_images: int = 0
+    test_paths: list[str] = field(default_factory=list)
 
 
 def _torch():
@@ -254,7 +258,8 @@ def export_model(head, base: ModelSpec, out: Path, classes: list[str], report: T
         "base": base.name, "classes": classes, "loss": settings.loss, "settings": asdict(settings),
         "metrics": {"base": report.base, "trained": report.trained, "best_epoch": report.best_epoch,
                     "best_val_loss": report.best_val_loss, "val_accuracy": report.val_accuracy,
-                    "train_images": report.train_images, "val_images": report.val_images},
+                    "train_images": report.train_images, "val_images": report.val_images,
+                    "test_images": report.test_images},
         "created_at": time.time(),
     }
     (out / SPEC_FILE).write_text(json.dumps(spec, indent=2))
@@ -272,6 +277,9 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
         raise UsageError(f"--loss must be one of {', '.join(LOSSES)}, not {settings.loss!r}")
     if not 0.0 < settings.val < 1.0:
         raise UsageError(f"--val is the share of images held out, between 0 and 1, not {settings.val}")
+    if not 0.0 < settings.test < 1.0 or settings.val + settings.test >= 1.0:
+        raise UsageError(f"--test is the share of images kept for the report, above 0 and below 1 - --val, not "
+                         f"{settings.test}")
     dataset = absolute(dataset)
     if not dataset.is_dir():
         raise NotFound(f"dataset folder not found: {dataset}")
@@ -293,19 +301,22 @@ def train(dataset: str | Path, out: str | Path, settings: TrainSettings | None =
     labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
     features = features[keep]
     codes = np.array([classes.index(label) for label in labels], np.int64)
-    train_rows, val_rows = split(labels, settings.val, settings.seed)
+    rest, test_rows = split(labels, settings.test, settings.seed)
+    fit_rows, val_in_rest = split([labels[i] for i in rest], settings.val / (1.0 - settings.test), settings.seed)
+    train_rows, val_rows = rest[fit_rows], rest[val_in_rest]
     head, epochs_run, best_epoch, best_loss, val_acc = train_head(features, codes, train_rows, val_rows,
                                                                    len(classes), settings, epoch_progress)
     report = TrainReport(classes, len(train_rows), len(val_rows), epochs_run, best_epoch, best_loss, val_acc,
                          time.perf_counter() - started, feature_seconds,
                          skipped=[(p, e) for p, e in failures] + [(str(dataset / e), "empty class folder")
                                                                   for e in empty],
-                         val_paths=[paths[i] for i in val_rows])
-    if len(val_rows) > 1:
-        val_labels = [labels[i] for i in val_rows]
-        trained = embed_with_head(head, features[val_rows])
-        for name, vectors in (("base", features[val_rows]), ("trained", trained)):
-            result = evaluate_vectors(vectors, val_labels, k=settings.k)
+                         val_paths=[paths[i] for i in val_rows], test_images=len(test_rows),
+                         test_paths=[paths[i] for i in test_rows])
+    if len(test_rows) > 1:
+        test_labels = [labels[i] for i in test_rows]
+        trained = embed_with_head(head, features[test_rows])
+        for name, vectors in (("base", features[test_rows]), ("trained", trained)):
+            result = evaluate_vectors(vectors, test_labels, k=settings.k)
             setattr(report, name, {f"p_at_{settings.k}": result.p_at_k, "map": result.map,
                                    f"recall_at_{settings.k}": result.recall_at_k})
     export_model(head, base, Path(out), classes, report, settings)

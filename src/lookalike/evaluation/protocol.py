@@ -56,6 +56,7 @@ class MethodResult:
     p_at_k: float
     build_s: float = 0.0
     note: str = ""
+    queries: int = 0  # how many sampled queries the time, recall and P@k are over (0: not recorded)
 
 
 @dataclass
@@ -180,7 +181,7 @@ def compare_methods(vectors: np.ndarray, ids: np.ndarray, labels: Sequence[str |
         relevant = np.array([[label_of.get(int(i), -2) == codes[p] for i in row[:k]]
                              for row, p in zip(found_ids, sample, strict=True)])
         results.append(MethodResult(name, 1000 * float(np.median(times)), neighbour_recall(found_ids, truth),
-                                    precision_at_k(relevant), build_s))
+                                    precision_at_k(relevant), build_s, queries=len(sample)))
     return results
 
 

@@ -39,7 +39,9 @@ def summary_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     reference_ms = REFERENCE["query_ms"]
     for method in result.methods:
         ref = next((v for key, v in reference_ms.items() if _same_method(key, method.name)), None)
-        figure = f"one query: {method.name} (recall@10 {_pct(method.recall_at_10)}, P@{k} {_pct(method.p_at_k)})"
+        sampled = f", {method.queries:,} sampled queries" if method.queries else ""
+        figure = (f"one query: {method.name} (recall@10 {_pct(method.recall_at_10)}, P@{k} {_pct(method.p_at_k)}"
+                  f"{sampled})")
         rows.append((figure, _ms(method.ms_per_query) if not method.note else method.note, _ms(ref)))
     if result.extraction_s is not None:
         rows.append((f"feature extraction, whole set ({result.extraction_images:,} images)",

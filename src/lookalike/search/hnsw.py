@@ -21,7 +21,7 @@ class HNSWIndex:
 
     kind = "hnsw"
 
-    def __init__(self, dims: int, *, m: int = 32, ef_construction: int = 200, ef_search: int = 128):
+    def __init__(self, dims: int, *, m: int = 32, ef_construction: int = 200, ef_search: int = 256):
         faiss = import_faiss()
         self.dims = dims
         self.ef_search = ef_search

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,12 @@ if TYPE_CHECKING:
     from lookalike.pipeline import Steps
 
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims
+AUTO_PCA = 256  # auto's HNSW searches in this many PCA dims above EXACT_LIMIT
+HNSW_LINK_BYTES = 290  # per vector in faiss HNSW32: 64 level-0 links of 4 B, upper levels, the id map
 PCA_SAMPLE = 100_000  # PCA is fitted on at most this many vectors
-SAVE_SHARE = 0.01  # an updated engine is saved again once the changes not yet saved reach this share...
-ALWAYS_SAVE = 100_000  # ...or always, up to this many vectors (saving is cheap there)
+SAVE_SHARE = 0.01  # a search saves an updated engine once the changes not yet saved reach this share...
+PREPARE_SAVE = 1000  # ...`lookalike index` once they reach this many...
+ALWAYS_SAVE = 100_000  # ...and both always, up to this many vectors (saving is cheap there)
 ANNOUNCE_BUILD = 10_000  # a build inside a search says so (through the logger) from this many vectors
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ class SearchSettings:
     pca: int = 0  # 0: full dims
     whiten: bool = False
     memory_budget: int | None = None  # bytes of RAM the search structures may take; None: no limit
-    rerank: int = 50  # shortlist length re-ranked exactly (at least 4 k)
+    rerank: int = 100  # shortlist length re-ranked exactly (at least 4 k)
 
     def __post_init__(self) -> None:
         if self.ann not in ENGINES:
@@ -71,25 +75,35 @@ class SearchSettings:
 class Choice:
     engine: str
     reason: str
+    pca: int = 0  # the dims the engine searches in (0: full dims); answers are re-ranked on the full vectors
 
 
 def choose(n: int, dims: int, settings: SearchSettings) -> Choice:
-    """Which engine answers: the one asked for, or for "auto" the cheapest that fits."""
+    """Which engine answers: the one asked for, or for "auto" the cheapest that fits.
+
+    Above EXACT_LIMIT, auto builds HNSW over the vectors projected to AUTO_PCA dims (unless --pca says
+    otherwise) and re-ranks on the full ones: at a million vectors a graph over the full 1280 dims takes
+    hours to build on two cores and 6 GB of RAM, one over 256 dims minutes and 1.3 GB (docs/BENCHMARKS.md)."""
     if settings.ann != "auto":
-        return Choice(settings.ann, "chosen with --ann")
+        return Choice(settings.ann, "chosen with --ann", settings.pca)
     space = settings.pca or dims
     full = n * space * 4
     budget = settings.memory_budget
-    if budget is not None and full > budget:
-        if n >= 1000:
-            return Choice("ivfpq", f"{n:,} vectors take {full / 1e6:,.0f} MB in float32, over the "
-                                   f"{budget / 1e6:,.0f} MB budget: IVF-PQ keeps ~{_pq_bytes(space)} bytes each "
-                                   "in RAM and re-ranks from the vectors on disk")
-        return Choice("exact-f16", f"over the {budget / 1e6:,.0f} MB budget: float16 halves the memory")
+    if budget is not None and full > budget and n <= EXACT_LIMIT:
+        return Choice("exact-f16", f"over the {budget / 1e6:,.0f} MB budget: float16 halves the memory",
+                      settings.pca)
     if n <= EXACT_LIMIT:
-        return Choice("exact", f"{n:,} vectors: one exact matrix product is fast enough and never wrong")
-    return Choice("hnsw", f"{n:,} vectors: HNSW answers in about a millisecond where an exact scan takes "
-                          f"~{n * space * 4 / 4e9 * 1000:.0f} ms")
+        return Choice("exact", f"{n:,} vectors: one exact matrix product is fast enough and never wrong",
+                      settings.pca)
+    pca = settings.pca or (AUTO_PCA if dims > AUTO_PCA else 0)
+    graph = n * ((pca or dims) * 4 + HNSW_LINK_BYTES)
+    if budget is not None and graph > budget:
+        return Choice("ivfpq", f"{n:,} vectors take {graph / 1e6:,.0f} MB in an HNSW graph, over the "
+                               f"{budget / 1e6:,.0f} MB budget: IVF-PQ keeps ~{_pq_bytes(space)} bytes each "
+                               "in RAM and re-ranks from the vectors on disk", settings.pca)
+    where = f" over PCA-{pca}" if pca else ""
+    return Choice("hnsw", f"{n:,} vectors: HNSW{where} answers in about a millisecond where an exact scan takes "
+                          f"~{n * dims * 4 / 4e9 * 1000:.0f} ms", pca)
 
 
 def require_engine(ann: str | None, pca: int = 0) -> None:
@@ -166,7 +180,7 @@ class Searcher:
             self._engines.clear()  # they search the old projection's space
 
     def _projection(self) -> Projection | None:
-        dims = self.settings.pca
+        dims = choose(len(self.ids), self.vectors.shape[1], self.settings).pca
         if not dims or dims >= self.vectors.shape[1] or len(self.ids) < dims:
             self._projection_sum = None
             return None  # full dims, or too few images to fit it yet: full dims until there are
@@ -179,6 +193,11 @@ class Searcher:
 
         projection, self._projection_sum = self.cache.projection(dims, self.settings.whiten, fit, Projection.load)
         return projection
+
+    def _projected(self, engine: str) -> bool:
+        """Whether this engine searches the PCA space: every engine when --pca set one, and all but exact when
+        auto chose it (an exact search asked for at search time is exact)."""
+        return self.projection is not None and (bool(self.settings.pca) or engine != "exact")
 
     def space(self, vectors: np.ndarray) -> np.ndarray:
         """Full vectors -> the vectors engines index (PCA-projected and re-normalised, when set)."""
@@ -196,14 +215,15 @@ class Searcher:
             out[start:start + len(block)] = self.space(np.asarray(block))
         return out
 
-    def engine(self, kind: str, *, save: bool = False, say=None):
+    def engine(self, kind: str, *, save: bool = False, say: Callable[[str], None] | None = None):
         """The engine of this kind, loaded or built, holding exactly the store's vectors. `save`: write it to
-        the cache even after a small update (what `lookalike index` does); `say`: told what is built."""
+        the cache after a smaller update than a search would (what `lookalike index` asks); `say`: told what
+        is built or updated."""
         self.refresh()
         if kind == "exact":
             if self._exact_space is None:
                 dead = self.data.dead if self.data.dead.any() else None
-                space = self.vectors if self.projection is None else self.space(np.asarray(self.vectors))
+                space = self.vectors if not self._projected("exact") else self.space(np.asarray(self.vectors))
                 self._exact_space = ExactIndex(self.row_ids, np.asarray(space), skip=dead)
             return self._exact_space
         engine = self._engines.get(kind)
@@ -213,18 +233,29 @@ class Searcher:
         if engine is None:
             engine = self._build_engine(kind, say)
         elif self._engine_generation.get(kind) != self._generation:
-            engine = self._update_engine(kind, engine, save, say)
-        elif save and self._unsaved.get(kind):
-            self._save_engine(kind, engine)
+            engine = self._update_engine(kind, engine, say)
+        self._maybe_save(kind, engine, save)
         self._engines[kind] = engine
         self._engine_generation[kind] = self._generation
         return engine
+
+    def _maybe_save(self, kind: str, engine, asked: bool) -> None:
+        """Saving rewrites the whole engine (1.3 GB for HNSW at a million): after a small change it is cheaper
+        to re-apply the change when the next process loads it. So a search saves once the unsaved changes
+        reach SAVE_SHARE of the collection, `lookalike index` from PREPARE_SAVE changes, and both always for
+        a collection of up to ALWAYS_SAVE vectors."""
+        unsaved = self._unsaved.get(kind, 0)
+        if not unsaved:
+            return
+        threshold = PREPARE_SAVE if asked else SAVE_SHARE * len(self.ids)
+        if len(self.ids) <= ALWAYS_SAVE or unsaved >= threshold:
+            self._save_engine(kind, engine)
 
     def _engine_stamp(self) -> dict:
         return {"pca": self.projection.dims if self.projection is not None else 0, "whiten": self.settings.whiten,
                 "projection": self._projection_sum}
 
-    def _build_engine(self, kind: str, say=None):
+    def _build_engine(self, kind: str, say: Callable[[str], None] | None = None):
         n = len(self.ids)
         message = f"building the {kind} index over {n:,} images"
         if say is not None:
@@ -234,18 +265,17 @@ class Searcher:
         elif n >= ANNOUNCE_BUILD:
             log.info(message + " (`lookalike index` builds it ahead of the first search)")
         engine = _engine_class(kind).build(self.ids, self._live_space())
-        self._save_engine(kind, engine)
+        self._unsaved[kind] = 0
+        self._save_engine(kind, engine)  # a build is never cheap to repeat
         if say is None and self.steps is not None:
             self.steps(message, 1, 1)
         return engine
 
-    def _update_engine(self, kind: str, engine, save: bool, say=None):
+    def _update_engine(self, kind: str, engine, say: Callable[[str], None] | None = None):
         held = engine.ids_held()
         new = np.setdiff1d(self.ids, held, assume_unique=True)
         gone = np.setdiff1d(held, self.ids, assume_unique=True)
         if not len(new) and not len(gone):
-            if save and self._unsaved.get(kind):
-                self._save_engine(kind, engine)
             return engine
         if say is not None:
             say(f"updating the {kind} index: {len(new):,} added, {len(gone):,} removed")
@@ -258,10 +288,6 @@ class Searcher:
         except NeedsRebuild:
             return self._build_engine(kind, say)
         self._unsaved[kind] = self._unsaved.get(kind, 0) + len(new) + len(gone)
-        # Saving rewrites the whole engine (1.3 GB for HNSW at a million): after a small change it is cheaper to
-        # re-apply the change on the next load, so save only past a share of the collection, or when asked.
-        if save or self._unsaved[kind] >= max(1, SAVE_SHARE * len(self.ids)) or len(self.ids) <= ALWAYS_SAVE:
-            self._save_engine(kind, engine)
         return engine
 
     def _save_engine(self, kind: str, engine) -> None:
@@ -283,7 +309,8 @@ class Searcher:
             raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         choice = self.choice(ann)
-        approximate = choice.engine != "exact" or self.projection is not None
+        projected = self._projected(choice.engine)
+        approximate = choice.engine != "exact" or projected
         started = time.perf_counter()
         if not approximate:
             scores, ids = self.engine("exact").search(queries, k, exclude=exclude)
@@ -293,7 +320,7 @@ class Searcher:
         wanted = max(self.settings.rerank, 4 * k) + (1 if exclude is not None else 0)
         _, shortlist = engine.search(self.space(queries), min(wanted, len(self.ids)))
         scores, ids = self._rerank(queries, shortlist, k, exclude)
-        name = choice.engine + (f" on PCA-{self.projection.dims}" if self.projection is not None else "")
+        name = choice.engine + (f" on PCA-{self.projection.dims}" if projected and self.projection else "")
         return Answer(scores, ids, name + ", re-ranked", {"prepare_s": ready - started,
                                                         "search_s": time.perf_counter() - ready})
 
