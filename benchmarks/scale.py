@@ -257,7 +257,9 @@ def main() -> None:
             (Path(args.folder or ".") / "scale-results.json").write_text(json.dumps(rows, indent=1))
         configure(path, "auto")
         update = run_phase("update", folder, path=str(path), queries="queries.npy", real="real.npy", sigma=sigma)
-        after = run_phase("search", folder, path=str(path), queries="queries.npy", truth="truth.npy", cold=False)
+        np.save(folder / "truth-after.npy", exact_truth(path, queries))  # the added vectors are candidates too
+        after = run_phase("search", folder, path=str(path), queries="queries.npy", truth="truth-after.npy",
+                          cold=False)
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name.startswith("scale"))
     write_page(rows, update, after, n, dims, len(real), sigma, target, insert_s, size)
 
@@ -318,7 +320,7 @@ Cold means the index's files were dropped from the page cache (posix_fadvise) be
 RSS counts the pages of the memory-mapped vectors that re-ranking touched.
 """
     print(body)
-    write_section("scale", body)
+    write_section(f"scale-{n // 1000}k", body)
 
 
 if __name__ == "__main__":
