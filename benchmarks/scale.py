@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help="where the index goes (default: a temporary folder)")
     args = parser.parse_args()
     anns = ["auto"] + [a for a in args.ann.split(",") if a and a != "auto"]
+    stamp = commit()  # the code measured: taken now, not when the page is written an hour later
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         folder = Path(tmp)
         rng = np.random.default_rng(0)
@@ -261,10 +262,10 @@ def main() -> None:
         after = run_phase("search", folder, path=str(path), queries="queries.npy", truth="truth-after.npy",
                           cold=False)
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name.startswith("scale"))
-    write_page(rows, update, after, n, dims, len(real), sigma, target, insert_s, size)
+    write_page(rows, update, after, n, dims, len(real), sigma, target, insert_s, size, stamp)
 
 
-def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size) -> None:
+def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size, stamp) -> None:
     shipped = rows[0]
     misses = []
     warm, build = shipped["warm"], shipped["build"]
@@ -293,7 +294,7 @@ def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size
 
 {first}
 
-`{command()}` at commit {commit()}, on {machine(("numpy", "faiss-cpu", "annoy", "scikit-learn"))}.
+`{command()}` at commit {stamp}, on {machine(("numpy", "faiss-cpu", "annoy", "scikit-learn"))}.
 {n:,} vectors of {dims} dims: {min(real, n):,} real embeddings of ../shared/datasets (efficientnet-lite0 int8)
 and synthetic ones around them (sigma {sigma:.3f}: median cosine to the parent {target:.3f}, the median
 real nearest-neighbour cosine), written into a .lookalike index through the store in {insert_s:.0f} s
