@@ -309,6 +309,8 @@ the machine is shared with other developers' work, so the load average (1 min) i
 |---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
+Engines measured at this size: {", ".join(r["ann"] for r in rows)} (others: `--ann` with this script).
+
 Shipped defaults, changes, in one running process (from the write's start to the answer): adding 100 vectors
 then searching **{update['add_100_s']:.2f} s** (of which the store write {update['add_100_write_s']:.2f} s),
 adding 10,000 then searching **{update['add_10000_s']:.2f} s** (write {update['add_10000_write_s']:.2f} s),
