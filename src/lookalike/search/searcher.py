@@ -54,7 +54,7 @@ class SearchSettings:
     pca: int = 0  # 0: full dims
     whiten: bool = False
     memory_budget: int | None = None  # bytes of RAM the search structures may take; None: no limit
-    rerank: int = 100  # shortlist length re-ranked exactly (at least 4 k)
+    rerank: int = 200  # shortlist length re-ranked exactly (at least 4 k): 100 gave recall@10 0.944 at 200k
 
     def __post_init__(self) -> None:
         if self.ann not in ENGINES:
