@@ -313,3 +313,21 @@ def test_auto_searches_a_large_collection_with_hnsw_over_pca_and_exact_when_aske
     assert choose(1_000_000, 1280, SearchSettings(pca=128)).pca == 128
     assert choose(20_000, 1280, SearchSettings()).pca == 0
     assert choose(1_000_000, 1280, SearchSettings(ann="hnsw")).pca == 0  # --ann hnsw: full dims, as asked
+
+
+def test_cache_files_get_the_permissions_the_umask_gives_so_another_user_can_read_them(tmp_path, spec):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        x = clustered(300, DIMS, seed=19)
+        store = make_store(tmp_path / "shared.lookalike", spec, x)
+        Searcher(store, SearchSettings(ann="hnsw", pca=8)).search(x[:1], 1)
+    finally:
+        os.umask(previous)
+    folder = Path(str(store.path) + "-cache")
+    made = [p for p in folder.rglob("*") if p.name != "lock"]
+    assert len(made) >= 5
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044 for p in made), \
+        {p.name: oct(p.stat().st_mode) for p in made}

@@ -15,9 +15,9 @@ stale beyond repair or damaged. Layout:
     pca-<token>.npz        the PCA projection, when the index searches in fewer dims
     <engine>-<token>/      a saved approximate index (hnsw, ivfpq, annoy, exact-f16)
 
-Every name is unique (`tempfile` in this folder), so no two processes ever write the same file, and files a
-manifest no longer names are deleted only under the lock. A reader whose files vanish under it (replaced by
-a writer) reads the manifest again.
+Every name is unique (random, created with O_EXCL in this folder), so no two processes ever write the same
+file, and files a manifest no longer names are deleted only under the lock. A reader whose files vanish
+under it (replaced by a writer) reads the manifest again.
 
 Checksums are chosen to be cheap at a million rows: sha256 of the whole ids array (8 MB), of 64 sampled rows
 of the vectors (a reordered, shortened or foreign file fails it), of whole small files, and of 64 sampled
@@ -36,8 +36,8 @@ import logging
 import mmap
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -311,7 +311,7 @@ class SearchCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._locked():
-                partial = Path(tempfile.mkdtemp(prefix=f"{kind}-", suffix=".partial", dir=self.folder))
+                partial = self._new_folder(f"{kind}-", ".partial")
                 engine.save(partial)
                 files = {p.name: fingerprint(p) for p in partial.iterdir() if p.is_file()}
                 saved = partial.with_name(partial.name.removesuffix(".partial"))
@@ -369,19 +369,33 @@ class SearchCache:
             yield
 
     def _new_file(self, prefix: str, suffix: str) -> Path:
-        handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.folder)
-        os.close(handle)
-        return Path(name)
+        """A new, empty file of a unique name, with the permissions the umask gives (mkstemp's are 0600: a
+        server running as another user could not read the cache)."""
+        while True:
+            path = self.folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                return path
+            except FileExistsError:
+                continue
+
+    def _new_folder(self, prefix: str, suffix: str) -> Path:
+        while True:
+            path = self.folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
 
     def _commit(self, manifest: dict) -> None:
         """Write the manifest by atomic rename (under the lock), then delete what it no longer names."""
-        handle, name = tempfile.mkstemp(prefix="manifest-", suffix=".partial", dir=self.folder)
+        name = self._new_file("manifest-", ".partial")
         try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(manifest, out)
+            name.write_text(json.dumps(manifest))
             os.replace(name, self.folder / MANIFEST)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            name.unlink(missing_ok=True)
             raise
         named = {manifest.get("vectors"), manifest.get("ids"), manifest.get("dead"), MANIFEST,
                  (manifest.get("pca") or {}).get("file")}
