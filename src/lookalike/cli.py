@@ -522,29 +522,31 @@ def dupes(
     target: Annotated[Optional[str], typer.Argument(help="A folder (indexed first, into --index) or an index.",
                                                     show_default=False)] = None,
     index: NewIndexPath = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Cosine from which two images are the same "
-                                             "photo on embeddings alone; from 0.70 a close pHash also counts.")]
-        = 0.90,
     exact_only: Annotated[bool, typer.Option(help="Only identical files and identical pixels.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Write every cluster member here.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write index.html with pictures of every cluster.")] = None,
     move_to: Annotated[Optional[Path], typer.Option(help="Move the duplicates (not the one to keep) into this "
-                                                    "quarantine folder, with a manifest to undo it.")] = None,
+                                                    "quarantine folder, outside every indexed folder, with a "
+                                                    "manifest to undo it.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="With --move-to: list what would move, move nothing.")] = False,
     undo: Annotated[Optional[Path], typer.Option(help="Move back every file of this manifest.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Find identical and near-identical images, suggest which to keep; optionally move the others aside."""
+    """Find copies of the same photograph (same bytes, same pixels, or an edit the pixels prove), suggest
+    which to keep; optionally move the others aside."""
     from lookalike.dupes import quarantine
-    from lookalike.dupes.find import find
+    from lookalike.dupes.find import find, movable
     from lookalike.dupes.report import as_dict, evidence, write_csv, write_html
+    from lookalike.images import absolute
     from lookalike.index import Index, remember_index
 
     if undo is not None:
-        restored, skipped = quarantine.undo(undo)
+        restored, skipped, index_path = quarantine.undo(undo)
         out.print(f"{len(restored)} files moved back from quarantine")
+        _reindex_restored(restored, index_path)
         for path, reason in skipped:
-            out.print(f"  not restored: {path}: {reason}")
+            out.print(Text(f"  not restored: {path}: {reason}"))
         if skipped:
             raise typer.Exit(1)
         return
@@ -555,39 +557,74 @@ def dupes(
     if folder.is_dir():
         index = index or DEFAULT_INDEX_PATH
         with _Report(quiet) as progress, Index.open(index, create=True, steps=progress.steps) as idx:
+            if move_to is not None:  # refused before anything is indexed
+                quarantine.check_folder(move_to, [*idx.roots(), str(absolute(folder))])
             idx.add([folder], progress=progress.files)
         remember_index(index)
-        from lookalike.images import absolute
-
         under = str(absolute(folder))
     else:
         index = target
     with Index.open(index) as idx:
-        findings = find(idx, under=under, threshold=threshold, exact_only=exact_only)
+        if move_to is not None:
+            quarantine.check_folder(move_to, idx.roots())
+        findings = find(idx, under=under, exact_only=exact_only)
+        talk = err if as_json else out
         if as_json:
             print(json.dumps(as_dict(findings), indent=2))
         else:
             duplicates = sum(len(c.others) for c in findings.clusters)
             out.print(f"{len(findings.clusters)} clusters, {duplicates} duplicates among {findings.scanned:,} "
-                      f"images ({findings.seconds:.1f} s)")
+                      f"images ({findings.candidates:,} candidate pairs checked, {findings.seconds:.1f} s)")
             for n, cluster in enumerate(findings.clusters, 1):
                 out.print(Text.assemble((f"{n}.", "bold"), f" {cluster.kind}: keep {_shorter(cluster.keep.path)} (",
                                         (cluster.reason, "green"), ")"))
                 for member in cluster.others:
-                    out.print(f"     {_shorter(member.path)}  {evidence(cluster, member.id)}")
+                    out.print(Text(f"     {_shorter(member.path)}  {evidence(cluster, member.id)}"))
         if csv_file is not None:
             write_csv(findings, csv_file)
         if report is not None:
             page = write_html(findings, report)
-            (err if as_json else out).print(f"report written to {page}")
-        if move_to is not None:
-            files = [(m.path, m.sha256) for c in findings.clusters for m in c.others]
-            manifest, moved, skipped = quarantine.move(files, move_to, idx.roots())
-            idx.remove([m.source for m in moved])
-            (err if as_json else out).print(f"{len(moved)} duplicates moved to {move_to}; undo with "
-                                            f"`lookalike dupes --undo {manifest}`")
-            for path, reason in skipped:
-                (err if as_json else out).print(f"  not moved: {path}: {reason}")
+            talk.print(Text(f"report written to {page}"))
+        if move_to is None:
+            return
+        roots = idx.roots()
+        chosen = [m for c in findings.clusters for m in c.others if movable(m)]
+        held = [m for c in findings.clusters for m in c.others if not movable(m)]
+        if dry_run:
+            place = quarantine.check_folder(move_to, roots)
+            for member in chosen:
+                talk.print(Text(f"would move {member.path} -> {quarantine.destination(member.path, place, roots)}"))
+            for member in held:
+                talk.print(Text(f"would not move {member.path}: other paths lead to it ({', '.join(member.aliases)})"))
+            talk.print(f"{len(chosen)} files would move (dry run: nothing moved)")
+            return
+        records = {r.path: quarantine.record_of(r) for r in idx.records_of(m.path for m in chosen)}
+        files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
+        manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
+        idx.remove([m.source for m in moved])
+        talk.print(Text(f"{len(moved)} duplicates moved to {move_to}; undo with "
+                        f"`lookalike dupes --undo {manifest}`"))
+        for member in held:
+            talk.print(Text(f"  not moved: {member.path}: other paths lead to it ({', '.join(member.aliases)})"))
+        for path, reason in skipped:
+            talk.print(Text(f"  not moved: {path}: {reason}"))
+
+
+def _reindex_restored(restored, index_path: str | None) -> None:
+    """Files back from quarantine return to the index they left, with their vectors (no re-embedding), when
+    their bytes are unchanged; the others are left for the next `lookalike index`."""
+    from lookalike.dupes import quarantine
+    from lookalike.index import Index
+
+    if not restored or not index_path:
+        return
+    try:
+        with Index.open(index_path) as idx:
+            records = [quarantine.file_record(m.source, m.record) for m in restored if m.record]
+            idx.restore(r for r in records if r.sha256 is not None)
+    except (LookalikeError, OSError) as exc:
+        err.print(Text(f"note: the index {index_path} was not updated ({exc}): run `lookalike index` to add "
+                       "the restored files"))
 
 
 @app.command(rich_help_panel=SERVE)

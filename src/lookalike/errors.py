@@ -109,3 +109,7 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     except ImportError:
         hint = extra[4:] if extra.startswith("pip:") else f"'lookalike[{extra}]'"
         raise MissingDependency(f"{purpose} needs {module.split('.')[0]}: pip install {hint}") from None
+
+
+class UnsafeMove(UsageError):
+    """A quarantine move that could lose or hide files (a folder inside an indexed folder) was refused."""

@@ -25,7 +25,7 @@ from lookalike.models.embedder import Embedder
 from lookalike.models.registry import ModelSpec, resolve_spec, same_model
 from lookalike.search.options import ENGINES, METRICS
 from lookalike.search.searcher import Choice, Searcher, SearchSettings, require_engine
-from lookalike.storage.base import FileDetails, FileInfo, IndexStore
+from lookalike.storage.base import FileDetails, FileInfo, FileRecord, IndexStore
 from lookalike.storage.sqlite import Store
 
 if TYPE_CHECKING:
@@ -239,6 +239,27 @@ class Index:
         """Drop these files from the index (the files themselves are never touched)."""
         return self.store.remove(str(images.absolute(p)) for p in paths)
 
+    def records_of(self, paths: Iterable[str]) -> list[FileRecord]:
+        """What the index holds of these files (as stored paths), vectors included: enough to put them back
+        with `restore` without embedding them again (how quarantine keeps moved files)."""
+        wanted = set(paths)
+        records = []
+        for path, width, height, size, mtime_ns, sha256 in self.store.details().values():
+            if path in wanted:
+                vector = self.store.vector_of(path)
+                records.append(FileRecord(path, size, mtime_ns, sha256, width, height, vector,
+                                          "" if vector is not None else "not an image"))
+        return records
+
+    def restore(self, records: Iterable[FileRecord]) -> int:
+        """Write these records back (files that left the index and came back unchanged): no re-embedding.
+        Records whose vector does not fit this index's model are skipped. Returns how many were written."""
+        dims = self.spec.dims
+        fitting = [r for r in records if r.vector is None or r.vector.shape == (dims,)]
+        if fitting:
+            self.store.write(fitting)
+        return len(fitting)
+
     # -- reading -------------------------------------------------------------------------------
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +308,11 @@ class Index:
         """Where derived files live (INDEX-cache/: vectors, ANN indexes, thumbnails); None on Milvus."""
         folder = getattr(self.searcher, "folder", None)
         return Path(folder) if folder is not None else None
+
+    def neighbour_ids(self, k: int = 10, *, ann: str | None = None, batch: int = 1024):
+        """Every indexed image's k nearest others as arrays, a batch at a time: yields (ids int64 [b],
+        neighbour ids int64 [b, k] (-1 for none), cosine float32 [b, k]). Never an n x n matrix."""
+        yield from self.searcher.neighbours(k, ann=ann, batch=batch)
 
     def embed(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """One image (a path or a PIL image) -> its unit vector, float32 [dims]."""

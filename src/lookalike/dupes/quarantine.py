@@ -1,14 +1,23 @@
-"""Moving duplicates aside, and back: lookalike never deletes a file.
+"""Moving duplicates aside, and back: lookalike never deletes a file, and a kill at any moment loses none.
 
 `move` puts each file into a quarantine folder under its path relative to the indexed folder it came from,
-and writes a manifest (JSON) of every move with the file's SHA-256, before and after each move, so that
-even an interrupted run can be undone. `undo` moves each file back if it is still where the manifest put
-it, unchanged, and nothing has taken its old place. The quarantine folder holds a marker file, so indexing
-never descends into it (even when it lies inside an indexed folder).
+and writes a manifest (JSON) of every move with the file's SHA-256 and what the index knew of it (its
+vector too), before and after each move. `undo` moves each file back if it is still in quarantine unchanged
+and nothing else has taken its old place; the index then gets its record back without re-embedding.
+
+Every transfer is finishable: on one filesystem it is a single rename; across filesystems the file is copied
+to a temporary name beside its destination, flushed, checked against its SHA-256, renamed into place, and
+only then is the source removed. Whatever a kill -9 leaves (a partial copy, both copies, the source gone),
+running the same command again finishes it: `move` first completes the unfinished manifests in its folder,
+and `undo` picks up where it stopped.
+
+The quarantine folder must lie outside every indexed folder (and hold none of them): a folder inside would
+be skipped by indexing for good, and one holding an indexed folder could put a file back in its own place.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -17,9 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookalike.errors import BadInput
+import numpy as np
+
+from lookalike.errors import BadInput, LookalikeError, UnsafeMove
 from lookalike.fileio import atomic_write, sha256_file
 from lookalike.images import QUARANTINE_MARKER, absolute
+
+PARTIAL = ".lookalike-partial"
 
 
 @dataclass
@@ -27,6 +40,21 @@ class Moved:
     source: str
     target: str
     sha256: str
+    record: dict | None = None  # what the index knew of the file (see `record_of`)
+
+
+def check_folder(folder: str | os.PathLike, roots: Sequence[str]) -> Path:
+    """The quarantine folder as an absolute path, or UnsafeMove when it is inside an indexed folder or holds
+    one (symbolic links resolved)."""
+    folder = absolute(folder)
+    real = Path(os.path.realpath(folder))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real.is_relative_to(real_root):
+            raise UnsafeMove(f"--move-to {folder} is inside the indexed folder {root}: choose a folder outside it")
+        if real_root.is_relative_to(real):
+            raise UnsafeMove(f"--move-to {folder} holds the indexed folder {root}: choose a folder outside it")
+    return folder
 
 
 def destination(path: str, folder: Path, roots: Sequence[str]) -> Path:
@@ -39,72 +67,185 @@ def destination(path: str, folder: Path, roots: Sequence[str]) -> Path:
     return folder / Path(path).relative_to(Path(path).anchor)
 
 
-def move(files: Sequence[tuple[str, str | None]], folder: str | os.PathLike, roots: Sequence[str]) -> tuple[
-        Path, list[Moved], list[tuple[str, str]]]:
-    """Move these (path, expected sha256) files into `folder`. Returns the manifest's path, what moved, and
-    (path, reason) for what did not (changed since indexing, gone, or its place in quarantine taken)."""
-    folder = absolute(folder)
+def record_of(record) -> dict:
+    """An index FileRecord as JSON (the vector base64 float32), so that undo can put it back."""
+    vector = None if record.vector is None else base64.b64encode(
+        np.ascontiguousarray(record.vector, "<f4").tobytes()).decode()
+    return {"size": record.size, "mtime_ns": record.mtime_ns, "sha256": record.sha256, "width": record.width,
+            "height": record.height, "vector": vector, "error": record.error}
+
+
+def file_record(path: str, data: dict):
+    """The JSON of `record_of` back to a FileRecord for `path`, with the file's current size and mtime."""
+    from lookalike.storage.sqlite import FileRecord
+
+    stat = os.stat(path)
+    vector = None if not data.get("vector") else np.frombuffer(base64.b64decode(data["vector"]), "<f4").copy()
+    return FileRecord(path, stat.st_size, stat.st_mtime_ns, data.get("sha256"), data.get("width", 0),
+                      data.get("height", 0), vector, data.get("error") or "")
+
+
+def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.PathLike, roots: Sequence[str],
+         index_path: str | None = None) -> tuple[Path, list[Moved], list[tuple[str, str]]]:
+    """Move these (path, expected sha256, index record) files into `folder`, after finishing any move there
+    that was interrupted. Returns the manifest's path, what moved (the interrupted ones finished now
+    included), and (path, reason) for what did not (changed since indexing, gone, its place taken)."""
+    folder = check_folder(folder, roots)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / QUARANTINE_MARKER).write_text("lookalike quarantine: indexing skips this folder\n")
+    moved, skipped = finish_interrupted(folder)
     manifest = folder / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
-    moved: list[Moved] = []
-    skipped: list[tuple[str, str]] = []
-    moves: list[dict[str, object]] = []
-    record = {"created_at": time.time(), "folder": str(folder), "moves": moves}
-
-    def save() -> None:
-        atomic_write(manifest, json.dumps(record, indent=1))
-
-    for path, expected in files:
+    entries: list[dict] = []
+    record = {"created_at": time.time(), "folder": str(folder), "index": index_path, "complete": False,
+              "moves": entries}
+    for path, expected, known in files:
         source = Path(path)
         target = destination(path, folder, roots)
-        if not source.is_file():
-            skipped.append((path, "gone"))
+        if source.is_symlink() or not source.is_file():
+            skipped.append((path, "gone" if not source.exists() else "not a regular file"))
             continue
         digest = sha256_file(source)
         if expected and digest != expected:
             skipped.append((path, "changed since it was indexed: run `lookalike index` first"))
             continue
-        if target.exists():
+        if target.exists() or target.is_symlink():
             skipped.append((path, f"{target} exists already"))
             continue
-        entry = {"from": path, "to": str(target), "sha256": digest, "done": False}
-        moves.append(entry)
-        save()  # written before the move: an interrupted run can still be undone
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(source), str(target))
+        entry = {"from": path, "to": str(target), "sha256": digest, "done": False, "record": known}
+        entries.append(entry)
+        _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
+        transfer(source, target, digest)
         entry["done"] = True
-        moved.append(Moved(path, str(target), digest))
-    save()
+        moved.append(Moved(path, str(target), digest, known))
+    record["complete"] = True
+    _save(manifest, record)
     return manifest, moved, skipped
 
 
-def undo(manifest: str | os.PathLike) -> tuple[list[Moved], list[tuple[str, str]]]:
-    """Move every file of a manifest back. Returns what came back and (path, reason) for what could not."""
+def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]]:
+    """Complete the moves of every manifest in `folder` that a kill left unfinished."""
+    moved: list[Moved] = []
+    skipped: list[tuple[str, str]] = []
+    for manifest in sorted(folder.glob("manifest-*.json")):
+        try:
+            record = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("complete") is not False or record.get("undone_at"):
+            continue
+        for entry in record.get("moves", []):
+            if entry.get("done"):
+                continue
+            outcome = resume(Path(entry["from"]), Path(entry["to"]), entry["sha256"])
+            if outcome is None:
+                entry["done"] = True
+                moved.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record")))
+            else:
+                skipped.append((entry["from"], outcome))
+        record["complete"] = True
+        _save(manifest, record)
+    return moved, skipped
+
+
+def undo(manifest: str | os.PathLike) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
+    """Move every file of a manifest back, finishing an undo that was interrupted. Returns what came back,
+    (path, reason) for what could not, and the index the manifest was made for."""
     manifest = Path(manifest)
     try:
         record = json.loads(manifest.read_text())
         moves = record["moves"]
+        if not isinstance(moves, list):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise BadInput(f"{manifest} is not a lookalike quarantine manifest") from None
     restored: list[Moved] = []
     skipped: list[tuple[str, str]] = []
     for entry in moves:
+        if entry.get("restored"):
+            continue
         source, target = Path(entry["from"]), Path(entry["to"])
-        if source.exists() and not target.exists():
+        if not entry.get("done") and source.exists() and not target.exists() and not _partial(target).exists():
             continue  # never moved (interrupted before the move): nothing to undo
-        if not target.is_file():
-            skipped.append((entry["from"], f"not in quarantine any more ({target})"))
-            continue
-        if source.exists():
-            skipped.append((entry["from"], "something else is in its place now"))
-            continue
-        if sha256_file(target) != entry["sha256"]:
-            skipped.append((entry["from"], f"{target} changed in quarantine"))
-            continue
-        source.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(target), str(source))
-        restored.append(Moved(entry["from"], entry["to"], entry["sha256"]))
+        outcome = resume(target, source, entry["sha256"])
+        if outcome is None:
+            entry["restored"] = True
+            restored.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record")))
+            _save(manifest, record)
+        else:
+            skipped.append((entry["from"], outcome))
     record["undone_at"] = time.time()
-    manifest.write_text(json.dumps(record, indent=1))
-    return restored, skipped
+    _save(manifest, record)
+    return restored, skipped, record.get("index")
+
+
+def resume(source: Path, target: Path, sha256: str) -> str | None:
+    """Bring one transfer source -> target to its end from whatever state a kill left. None when the file
+    is at `target` (and gone from `source`), else why it cannot be finished (nothing is then touched)."""
+    partial = _partial(target)
+    if target.exists():
+        if sha256_file(target) != sha256:
+            if source.exists():
+                return "something else is in its place now"
+            return f"{target} changed since it was moved"
+        if source.exists():
+            if sha256_file(source) != sha256:
+                return f"both {source} and {target} exist, and {source} changed"
+            source.unlink()  # the copy at target is complete and checked: the kill came before this
+        partial.unlink(missing_ok=True)
+        return None
+    if not source.exists():
+        partial.unlink(missing_ok=True)
+        return f"{source} is gone"
+    if sha256_file(source) != sha256:
+        return f"{source} changed since the manifest was written"
+    transfer(source, target, sha256)
+    partial.unlink(missing_ok=True)
+    return None
+
+
+def transfer(source: Path, target: Path, sha256: str) -> None:
+    """Move one file, never leaving it only half anywhere: a rename on one filesystem; across filesystems a
+    copy to a temporary name, flushed and checked against `sha256`, renamed into place, then the source
+    removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if _same_filesystem(source, target.parent):
+        os.rename(source, target)
+        return
+    partial = _partial(target)
+    partial.unlink(missing_ok=True)
+    with open(source, "rb") as reader, open(partial, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+    shutil.copystat(source, partial)
+    if sha256_file(partial) != sha256:
+        partial.unlink(missing_ok=True)
+        raise LookalikeError(f"copying {source} to {target} gave other bytes: nothing was moved")
+    os.rename(partial, target)
+    _fsync_folder(target.parent)
+    source.unlink()
+
+
+def _same_filesystem(path: Path, folder: Path) -> bool:
+    return os.stat(path).st_dev == os.stat(folder).st_dev
+
+
+def _partial(target: Path) -> Path:
+    return target.with_name(f".{target.name}{PARTIAL}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _save(manifest: Path, record: dict) -> None:
+    atomic_write(manifest, json.dumps(record, indent=1))

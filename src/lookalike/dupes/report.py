@@ -12,31 +12,32 @@ from lookalike.viz import BAD, GOOD, caption_name, rows_grid, tile_of
 
 
 def evidence(cluster: Cluster, member_id: int) -> str:
-    """Why this member is in its cluster: its strongest link, in words."""
-    links = [p for p in cluster.pairs if member_id in (p.a, p.b)]
-    if not links:
-        return ""
-    best = min(links, key=lambda p: ("bytes", "pixels", "near").index(p.kind))
-    if best.kind == "bytes":
-        return "same bytes"
-    if best.kind == "pixels":
-        return "same pixels"
-    text = f"cosine {max(p.cosine or 0 for p in links if p.kind == 'near'):.3f}"
-    return text + (f", pHash distance {best.hash_distance}" if best.hash_distance is not None else "")
+    """Why this member is in its cluster: its link to the one kept, in words."""
+    link = cluster.links.get(member_id)
+    return link.describe() if link is not None else ""
 
 
 def as_dict(findings: Findings) -> dict:
     return {
         "scanned": findings.scanned,
-        "threshold": findings.threshold,
+        "candidate_pairs_checked": findings.candidates,
+        "candidate_floor": findings.floor,
         "seconds": findings.seconds,
         "clusters": [
-            {"kind": c.kind, "keep": c.keep.path, "reason": c.reason,
-             "duplicates": [{"path": m.path, "evidence": evidence(c, m.id), "width": m.width, "height": m.height,
-                             "size": m.size} for m in c.others]}
+            {"kind": c.kind, "keep": c.keep.path, "reason": c.reason, "keep_aliases": c.keep.aliases,
+             "duplicates": [{"path": m.path, "evidence": evidence(c, m.id), "link": c.links[m.id].kind,
+                             "checks": _checks(c, m.id),
+                             "aliases": m.aliases, "width": m.width, "height": m.height, "size": m.size}
+                            for m in c.others]}
             for c in findings.clusters
         ],
     }
+
+
+def _checks(cluster: Cluster, member_id: int) -> dict | None:
+    """Every measure of the verification that linked this member, or None for bytes and pixels."""
+    evidence = cluster.links[member_id].evidence
+    return evidence.as_dict() if evidence is not None else None
 
 
 def write_csv(findings: Findings, path: str | Path) -> None:
@@ -63,9 +64,9 @@ def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 50
     if len(findings.neighbour_cosines):
         ax.hist(findings.neighbour_cosines, bins=100, color="tab:blue")
         ax.set_yscale("log")
-    ax.axvline(findings.threshold, color="tab:red", label=f"threshold {findings.threshold:.2f}")
+    ax.axvline(findings.floor, color="tab:red", label=f"pairs checked from cosine {findings.floor:.2f}")
     ax.set(xlabel="cosine similarity of each image to its nearest neighbours", ylabel="pairs (log)",
-           title="Where the threshold cuts")
+           title="Which neighbours were checked pixel by pixel")
     ax.legend()
     fig.tight_layout()
     fig.savefig(folder / "similarities.png", dpi=100)
@@ -75,8 +76,10 @@ def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 50
         "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}"
         ".keep{color:#1e963c;font-weight:600}</style>",
         f"<h1>Duplicates</h1><p>{findings.scanned:,} images scanned, {len(findings.clusters):,} clusters, "
-        f"{sum(len(c.others) for c in findings.clusters):,} duplicates; threshold {findings.threshold:.2f} "
-        f"({findings.seconds:.1f} s). Nothing has been moved: see <code>lookalike dupes --move-to</code>.</p>",
+        f"{sum(len(c.others) for c in findings.clusters):,} duplicates; {findings.candidates:,} candidate pairs "
+        f"checked ({findings.seconds:.1f} s). A duplicate is the same photograph (same bytes, same pixels, or "
+        "an edit of it that the pixels prove), never merely another shot of the same thing. Nothing has been "
+        "moved: see <code>lookalike dupes --move-to</code>.</p>",
         "<img src='similarities.png' alt='histogram of neighbour similarities'>",
     ]
     for n, cluster in enumerate(findings.clusters[:max_clusters], 1):

@@ -1,0 +1,177 @@
+"""The image sets of the duplicates benchmark: edited copies of real photos (a dev set for choosing thresholds,
+a test set with other photos, other seeds and other edits for reporting), and sets of *other shots* that must
+not be flagged.
+
+Edited copies: originals are Caltech101 photos outside the three hard-negative classes (Motorbikes, airplanes,
+Faces_easy) and BACKGROUND_Google; dev takes every 9th such file, test every 9th file starting at the 5th, so
+no photo is in both. Each chosen photo gets one copy per edit, each made alone with its own seed. Copies are
+written after the originals, so they are newer (as edits are); originals keep the dataset's mtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+from benchmarks.report import CALTECH, DATASETS
+
+HARD_CLASSES = ("Motorbikes", "airplanes", "Faces_easy")
+HOLIDAYS = DATASETS / "holidays_dev"
+
+Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+def _resize(im: Image.Image, rng: np.random.Generator, factor: float = 0.5) -> Image.Image:
+    return im.resize((max(1, round(im.width * factor)), max(1, round(im.height * factor))), Image.BILINEAR)
+
+
+def _crop_borders(im: Image.Image, rng: np.random.Generator, share: float = 0.10) -> Image.Image:
+    """`share` of the width and of the height off each border (dev: 10 %: 64 % of the picture kept)."""
+    dx, dy = round(im.width * share), round(im.height * share)
+    return im.crop((dx, dy, im.width - dx, im.height - dy))
+
+
+def _crop_corner(im: Image.Image, rng: np.random.Generator, share: float = 0.20) -> Image.Image:
+    """`share` of the width and of the height off, split at random between the borders (64 % kept)."""
+    dx, dy = round(im.width * share), round(im.height * share)
+    left, top = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+    return im.crop((left, top, left + im.width - dx, top + im.height - dy))
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=max(10, size))
+
+
+def _caption(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """White text with a black outline, at a random height (dev)."""
+    out = im.copy()
+    size = max(10, im.height // 12)
+    y = int(rng.integers(0, max(1, im.height - size - 2)))
+    ImageDraw.Draw(out).text((4, y), "© 2024 holiday photos", fill=(255, 255, 255), font=_font(size),
+                             stroke_width=1, stroke_fill=(0, 0, 0))
+    return out
+
+
+def _caption_bar(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A dark bar across the bottom with a caption in it, as social sites add (test)."""
+    out = im.copy()
+    bar = max(12, im.height // 9)
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, im.height - bar, im.width, im.height), fill=(20, 20, 20))
+    draw.text((6, im.height - bar + 2), f"Summer {int(rng.integers(1990, 2025))}, with love", fill=(240, 240, 200),
+              font=_font(bar - 4))
+    return out
+
+
+def _watermark(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Large half-transparent text across the middle (test)."""
+    base = im.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    size = max(12, im.width // 8)
+    ImageDraw.Draw(layer).text((im.width // 10, im.height // 2 - size // 2), "© PHOTOSTOCK", font=_font(size),
+                               fill=(255, 255, 255, 110))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def _rotate(im: Image.Image, rng: np.random.Generator, degrees: float = 5.0) -> Image.Image:
+    """Rotated, same size, corners filled black (dev: 5°)."""
+    return im.rotate(degrees * (1 if rng.random() < 0.5 else -1), Image.BICUBIC, expand=False)
+
+
+def _straighten(im: Image.Image, rng: np.random.Generator, degrees: float = 3.0) -> Image.Image:
+    """Rotated and cropped to the largest upright rectangle without corners, as editors straighten (test)."""
+    angle = np.radians(degrees)
+    rotated = im.rotate(degrees * (1 if rng.random() < 0.5 else -1), Image.BICUBIC, expand=False)
+    w, h = im.size
+    # the inner rectangle with the same aspect that fits in the rotated frame
+    scale = 1 / (np.cos(angle) + np.sin(angle) * max(w / h, h / w))
+    cw, ch = int(w * scale), int(h * scale)
+    return rotated.crop(((w - cw) // 2, (h - ch) // 2, (w + cw) // 2, (h + ch) // 2))
+
+
+# name -> (edit, how it is saved)
+DEV_EDITS: dict[str, tuple[Edit, str]] = {
+    "resized 50 %": (_resize, "jpeg"),
+    "JPEG quality 30": (lambda im, rng: im, "jpeg30"),
+    "cropped 10 % per border": (_crop_borders, "jpeg"),
+    "brightness +30 %": (lambda im, rng: ImageEnhance.Brightness(im).enhance(1.3), "jpeg"),
+    "mirrored": (lambda im, rng: ImageOps.mirror(im), "jpeg"),
+    "caption": (_caption, "jpeg"),
+    "rotated 5°": (_rotate, "jpeg"),
+}
+TEST_EDITS: dict[str, tuple[Edit, str]] = {
+    **DEV_EDITS,  # the same seven, on other photos with other seeds (caption height, rotation side, quality)
+    "WebP re-encode": (lambda im, rng: im, "webp"),
+    "cropped 20 % (random borders)": (_crop_corner, "jpeg"),
+    "contrast +40 %": (lambda im, rng: ImageEnhance.Contrast(im).enhance(1.4), "jpeg"),
+    "brightness -25 %": (lambda im, rng: ImageEnhance.Brightness(im).enhance(0.75), "jpeg"),
+    "greyscale": (lambda im, rng: ImageOps.grayscale(im).convert("RGB"), "jpeg"),
+    "mirrored, resized 70 %": (lambda im, rng: _resize(ImageOps.mirror(im), rng, 0.7), "jpeg"),
+    "caption bar": (_caption_bar, "jpeg"),
+    "watermark": (_watermark, "jpeg"),
+    "straightened 3°": (_straighten, "jpeg"),
+}
+
+
+def originals(split: str) -> list[Path]:
+    """The photos a split draws its originals from, in a fixed order."""
+    photos = [p for p in sorted(CALTECH.rglob("*.jpg"))
+              if p.parent.name not in (*HARD_CLASSES, "BACKGROUND_Google")]
+    return photos[::9] if split == "dev" else photos[4::9]
+
+
+def make_edited_set(folder: Path, split: str, count: int, edited: int) -> dict[str, list[tuple[str, str]]]:
+    """Write `count` originals and, for `edited` of them (every third), one copy per edit of the split into
+    `folder`. Returns truth: original file name -> [(copy file name, edit name)]."""
+    edits = DEV_EDITS if split == "dev" else TEST_EDITS
+    seed_base = 0 if split == "dev" else 7_000_000
+    photos = originals(split)[:count]
+    truth: dict[str, list[tuple[str, str]]] = {}
+    for path in photos:
+        name = f"{path.parent.name}-{path.name}"
+        shutil.copy2(path, folder / name)  # keeps the dataset's (older) mtime
+        truth[name] = []
+    for n, path in enumerate(photos[::3][:edited]):
+        name = f"{path.parent.name}-{path.name}"
+        original = Image.open(path).convert("RGB")
+        for t, (label, (edit, saved)) in enumerate(edits.items()):
+            rng = np.random.default_rng(seed_base + 1000 * n + t)
+            image = edit(original, rng)
+            stem = f"e{t:02d}-{Path(name).stem}"
+            if saved == "webp":
+                copy = stem + ".webp"
+                image.save(folder / copy, quality=80)
+            else:
+                copy = stem + ".jpg"
+                quality = int(saved[4:]) if saved != "jpeg" else int(rng.integers(85, 96))
+                image.save(folder / copy, quality=quality)
+            truth[name].append((copy, label))
+    return truth
+
+
+def link_hard_negatives(folder: Path) -> list[str]:
+    """Caltech101 Motorbikes + airplanes + Faces_easy, as symbolic links into `folder`: many studio shots of
+    the same kind of thing, and a few real near-duplicates among them."""
+    names = []
+    for cls in HARD_CLASSES:
+        for path in sorted((CALTECH / cls).glob("*.jpg")):
+            name = f"{cls}-{path.name}"
+            os.symlink(path, folder / name)
+            names.append(name)
+    return names
+
+
+def link_holidays(folder: Path, half: str) -> list[str]:
+    """holidays_dev: groups of other shots of one scene. `half` dev: groups 1000-1074, test: 1075-1149."""
+    names = []
+    for path in sorted(HOLIDAYS.glob("*.jpg")):
+        group = int(path.stem) // 100
+        if (group < 1075) == (half == "dev"):
+            os.symlink(path, folder / path.name)
+            names.append(path.name)
+    return names

@@ -1,0 +1,258 @@
+"""Is this pair the same photograph? Local features, the transform between them, and the aligned pixels.
+
+Embeddings find candidates; they cannot tell "the same photo, edited" from "another shot of the same thing"
+(the next frame of a burst, the same landmark two steps to the left). Each candidate pair is checked the
+classic way, on grey thumbnails THUMB pixels on the longer side:
+
+1. ORB keypoints, matched with the ratio test, against the other picture and against its mirror image;
+2. RANSAC fits a similarity transform (scale, rotation, translation: `cv2.estimateAffinePartial2D`) and
+   counts the matches that agree with it (MIN_INLIERS);
+3. the transform must be one an edit makes: rotation within MAX_ROTATION, scale within MAX_SCALE;
+4. the overlap must hold nearly all of the smaller picture (MIN_COVERAGE: a crop or a resize lies wholly
+   inside its original, while two shots a step apart each show something the other does not) and a fair
+   share of the larger one (MIN_LARGER_COVERAGE: a crop keeps about 60 % of the picture or more). Only
+   detail counts: flat regions (a studio wall, letterbox bars, the corners a rotation fills) cannot vouch;
+5. one picture is warped onto the other and, brightness and contrast normalised over the overlap, their
+   gradients must agree: over the whole overlap (MIN_GRADIENT_CORRELATION), and cell by cell on a
+   GRID x GRID grid (MIN_CELLS_AGREEING). A caption or watermark spoils a few cells; parallax, leaves in
+   the wind or a subject that moved spoil many.
+
+Another shot may pass 1-3 (the static background of a burst aligns) but fails 4-5; a photo cropped,
+resized, re-encoded, brightened, captioned, mirrored or rotated a little passes them all. The thresholds
+were chosen on the dev set of benchmarks/dupes.py and are reported on its test set (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+
+THUMB = 320  # longer side of the grey thumbnail every check runs on
+FEATURES = 600  # ORB keypoints per picture
+RATIO = 0.8  # Lowe's ratio test
+RANSAC_PIXELS = 4.0  # reprojection error (thumbnail pixels) for an inlier
+GRID = 8  # cells per side for the cell-by-cell agreement
+SIGMA = 2.5  # Gaussian blur (thumbnail pixels) before gradients: what resizing and JPEG change is finer
+CELL_CORRELATION = 0.9  # a cell agrees when its gradients correlate at least this well
+FLAT = 0.05  # gradient spread (after normalising) under which a cell is flat
+MIN_CELLS = 4  # cells with detail needed to judge the pixels at all
+EDGE = 4  # pixels of slack at a frame's edge when measuring coverage
+TEXTURE = 8.0  # gradient magnitude (grey levels per pixel, after the blur) from which a pixel has detail
+
+# The decision (chosen on the dev set; see docs/BENCHMARKS.md):
+MIN_INLIERS = 12
+MAX_ROTATION = 15.0  # degrees
+MAX_SCALE = 3.0  # either way, after both pictures are brought to THUMB pixels
+MIN_COVERAGE = 0.95
+MIN_LARGER_COVERAGE = 0.40
+MIN_GRADIENT_CORRELATION = 0.80
+MIN_CELLS_AGREEING = 0.65
+
+
+def cv2():
+    """OpenCV, or a one-line error naming the extra that brings it."""
+    try:
+        import cv2 as module
+    except ImportError:
+        raise LookalikeError("duplicate verification needs OpenCV: pip install 'lookalike[dupes]'") from None
+    return module
+
+
+@dataclass
+class Features:
+    """What the checks need of one picture: its grey thumbnail, where it has detail, ORB keypoints and
+    descriptors, and the same for its mirror image."""
+
+    thumb: np.ndarray  # uint8 [h, w]
+    detail: np.ndarray  # uint8 [h, w], 1 where the picture has detail (see `textured`)
+    points: np.ndarray  # float32 [n, 2]
+    descriptors: np.ndarray  # uint8 [n, 32]
+    mirror_points: np.ndarray
+    mirror_descriptors: np.ndarray
+
+
+@dataclass
+class Evidence:
+    """What a pair's check found; `same` is the verdict, `reason` says why not."""
+
+    same: bool
+    reason: str
+    mirrored: bool = False
+    inliers: int = 0
+    rotation: float = 0.0  # degrees
+    scale: float = 1.0  # size of b over size of a, thumbnails
+    coverage: float = 0.0  # share of the smaller picture inside the overlap
+    larger_coverage: float = 0.0  # ... and of the larger one
+    gradient_correlation: float = 0.0
+    cells_agreeing: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line a person can check against the pictures."""
+        if not self.inliers or not self.coverage:
+            return self.reason
+        facts = (f"{self.inliers} matching points, {'mirrored, ' if self.mirrored else ''}rotated "
+                 f"{self.rotation:+.1f}°, scaled ×{self.scale:.2f}, overlap {self.coverage:.0%} of the smaller, "
+                 f"gradients agree in {self.cells_agreeing:.0%} of cells")
+        return facts if self.same else f"{self.reason} ({facts})"
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """An RGB (or grey) uint8 array -> grey uint8, THUMB pixels on the longer side (small pictures scaled up,
+    so that a half-size copy and its original meet at one scale)."""
+    cv = cv2()
+    grey = rgb if rgb.ndim == 2 else cv.cvtColor(np.ascontiguousarray(rgb), cv.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    factor = THUMB / max(h, w)
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv.resize(grey, size, interpolation=cv.INTER_AREA if factor < 1 else cv.INTER_LINEAR)
+
+
+def textured(thumb: np.ndarray) -> np.ndarray:
+    """1 where the picture has detail, 0 on flat regions (a studio's white wall, letterbox bars, the corners a
+    rotation fills, clear sky): coverage is measured on detail, which flat regions cannot vouch for."""
+    cv = cv2()
+    smooth = cv.GaussianBlur(thumb.astype(np.float32), (0, 0), SIGMA)
+    magnitude = np.hypot(cv.Sobel(smooth, cv.CV_32F, 1, 0, ksize=3), cv.Sobel(smooth, cv.CV_32F, 0, 1, ksize=3))
+    detail = (magnitude > TEXTURE).astype(np.uint8)
+    return detail if detail.sum() >= 0.05 * detail.size else np.ones_like(detail)
+
+
+def features(thumb: np.ndarray) -> Features:
+    cv = cv2()
+    orb = cv.ORB_create(nfeatures=FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)
+
+    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keypoints, descriptors = orb.detectAndCompute(image, None)
+        if descriptors is None or not keypoints:
+            return np.empty((0, 2), np.float32), np.empty((0, 32), np.uint8)
+        return np.array([k.pt for k in keypoints], np.float32), descriptors
+
+    points, descriptors = detect(thumb)
+    mirror_points, mirror_descriptors = detect(np.ascontiguousarray(thumb[:, ::-1]))
+    return Features(thumb, textured(thumb), points, descriptors, mirror_points, mirror_descriptors)
+
+
+def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Index pairs (i in a, j in b) [m, 2] that pass the ratio test."""
+    cv = cv2()
+    if len(a) < 2 or len(b) < 2:
+        return np.empty((0, 2), np.int64)
+    pairs = cv.BFMatcher(cv.NORM_HAMMING).knnMatch(a, b, k=2)
+    good = [(m[0].queryIdx, m[0].trainIdx) for m in pairs if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    return np.array(good, np.int64).reshape(-1, 2)
+
+
+def _fit(a: Features, b_points: np.ndarray, b_descriptors: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """The similarity transform a -> b (2x3) that most matches agree with, and how many do."""
+    cv = cv2()
+    matched = _matches(a.descriptors, b_descriptors)
+    if len(matched) < MIN_INLIERS:
+        return None, len(matched)
+    transform, inliers = cv.estimateAffinePartial2D(a.points[matched[:, 0]], b_points[matched[:, 1]],
+                                                    method=cv.RANSAC, ransacReprojThreshold=RANSAC_PIXELS,
+                                                    maxIters=2000, confidence=0.995, refineIters=10)
+    if transform is None:
+        return None, 0
+    return transform, int(inliers.sum())
+
+
+def compare(a: Features, b: Features) -> Evidence:
+    """Check one pair, as it is and against the mirror image; every measure is kept in the evidence."""
+    direct = _check(a, b, _fit(a, b.points, b.descriptors), mirrored=False)
+    if direct.same:
+        return direct
+    flipped = Features(np.ascontiguousarray(b.thumb[:, ::-1]), np.ascontiguousarray(b.detail[:, ::-1]),
+                       b.mirror_points, b.mirror_descriptors, b.points, b.descriptors)
+    mirror = _check(a, flipped, _fit(a, b.mirror_points, b.mirror_descriptors), mirrored=True)
+    return mirror if mirror.same or mirror.inliers > direct.inliers else direct
+
+
+def _check(a: Features, b: Features, fit: tuple[np.ndarray | None, int], mirrored: bool) -> Evidence:
+    transform, inliers = fit
+    if transform is None or inliers < MIN_INLIERS:
+        return Evidence(False, f"too few matching points ({inliers})", mirrored, inliers)
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    rotation = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
+    evidence = Evidence(False, "", mirrored, inliers, rotation, scale)
+    if abs(rotation) > MAX_ROTATION or not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        evidence.reason = f"not an edit's transform (rotated {rotation:+.0f}°, scaled ×{scale:.2f})"
+        return evidence
+    _agreement(a, b, transform, evidence)
+    failures = []
+    if evidence.coverage < MIN_COVERAGE or evidence.larger_coverage < MIN_LARGER_COVERAGE:
+        failures.append(f"overlap only {evidence.coverage:.0%} of the smaller picture, "
+                        f"{evidence.larger_coverage:.0%} of the larger")
+    if evidence.gradient_correlation < MIN_GRADIENT_CORRELATION or evidence.cells_agreeing < MIN_CELLS_AGREEING:
+        failures.append("the aligned pixels differ (another shot)")
+    evidence.same = not failures
+    evidence.reason = "; ".join(failures)
+    return evidence
+
+
+def _agreement(a: Features, b: Features, transform: np.ndarray, evidence: Evidence) -> None:
+    """Warp a onto b; fill in the overlap's coverage of each picture and how well the pixels agree there."""
+    cv = cv2()
+    h, w = b.thumb.shape
+    warped = cv.warpAffine(a.thumb.astype(np.float32), transform, (w, h), flags=cv.INTER_LINEAR)
+    inside = cv.warpAffine(np.ones_like(a.thumb), transform, (w, h), flags=cv.INTER_NEAREST)
+    overlap = cv.erode(inside, np.ones((5, 5), np.uint8))  # away from the edges
+    # Coverage forgives EDGE pixels at the frame's edge: the line where a rotation's filled corner meets the
+    # picture is detail that lies on the other picture's border.
+    near = cv.dilate(inside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8))
+    padded = transform.copy()
+    padded[:, 2] += EDGE
+    landed = cv.warpAffine(a.detail, padded, (w + 2 * EDGE, h + 2 * EDGE), flags=cv.INTER_NEAREST)
+    share_of_b = float((b.detail & near).sum()) / max(1.0, float(b.detail.sum()))
+    share_of_a = float(landed.sum()) / evidence.scale ** 2 / max(1.0, float(a.detail.sum()))
+    shared = float(overlap.sum())
+    evidence.coverage = min(1.0, max(share_of_a, share_of_b))
+    evidence.larger_coverage = min(1.0, min(share_of_a, share_of_b))
+    if shared < 256:
+        return
+    left, top, width, height = cv.boundingRect(overlap)
+    box = (slice(top, top + height), slice(left, left + width))
+    mask = overlap[box].astype(np.float32)
+    gradients = []
+    for image in (warped, b.thumb.astype(np.float32)):
+        smooth = cv.GaussianBlur(image, (0, 0), SIGMA)[box]
+        mean, std = cv.meanStdDev(smooth, mask=overlap[box])
+        smooth = (smooth - float(mean[0, 0])) / (float(std[0, 0]) + 1e-6)
+        gradients.append((cv.Sobel(smooth, cv.CV_32F, 1, 0, ksize=3), cv.Sobel(smooth, cv.CV_32F, 0, 1, ksize=3)))
+    (ax, ay), (bx, by) = gradients
+    # Correlation of the gradient vectors (x and y components as samples), over the whole overlap and per
+    # cell, from masked means: E[u], E[v], E[u²], E[v²], E[uv] per cell by area averaging (cv2.resize).
+    products = {"u": ax + ay, "v": bx + by, "uu": ax * ax + ay * ay, "vv": bx * bx + by * by,
+                "uv": ax * bx + ay * by}
+    total = float(mask.sum())
+    whole = {k: float((v * mask).sum()) / (2 * total) for k, v in products.items()}
+    evidence.gradient_correlation = _from_moments(whole)
+    area = cv.resize(mask, (GRID, GRID), interpolation=cv.INTER_AREA)
+    cells = {k: cv.resize(v * mask, (GRID, GRID), interpolation=cv.INTER_AREA) / (2 * np.maximum(area, 1e-6))
+             for k, v in products.items()}
+    spread_u = np.sqrt(np.maximum(cells["uu"] - cells["u"] ** 2, 0))
+    spread_v = np.sqrt(np.maximum(cells["vv"] - cells["v"] ** 2, 0))
+    # Cells flat in both (a studio's white wall, clear sky) prove nothing either way and are not counted;
+    # flat in one only is a disagreement.
+    counted = (area >= 0.8) & (np.maximum(spread_u, spread_v) >= FLAT)
+    flat = np.minimum(spread_u, spread_v) < FLAT
+    correlation = (cells["uv"] - cells["u"] * cells["v"]) / np.maximum(spread_u * spread_v, 1e-12)
+    agreeing = ~flat & (correlation >= CELL_CORRELATION) & counted
+    evidence.cells_agreeing = float(agreeing.sum() / counted.sum()) if counted.sum() >= MIN_CELLS else 0.0
+
+
+def _from_moments(m: dict) -> float:
+    variance = (m["uu"] - m["u"] ** 2) * (m["vv"] - m["v"] ** 2)
+    return float((m["uv"] - m["u"] * m["v"]) / np.sqrt(variance)) if variance > 0 else 0.0
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    denominator = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
