@@ -18,7 +18,7 @@ import numpy as np
 from lookalike import images
 from lookalike.dupes import verify
 
-VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v1"
+VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v2"
 
 
 class FeatureCache:
