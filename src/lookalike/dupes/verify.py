@@ -201,7 +201,7 @@ def _agreement(a: Features, b: Features, transform: np.ndarray, evidence: Eviden
     h, w = b.thumb.shape
     warped = cv.warpAffine(a.thumb.astype(np.float32), transform, (w, h), flags=cv.INTER_LINEAR)
     inside = cv.warpAffine(np.ones_like(a.thumb), transform, (w, h), flags=cv.INTER_NEAREST)
-    overlap = cv.erode(inside, np.ones((5, 5), np.uint8))  # away from the edges
+    overlap = cv.erode(inside, np.ones((5, 5), np.uint8))  # away from the warped edge
     # Coverage forgives EDGE pixels at the frame's edge: the line where a rotation's filled corner meets the
     # picture is detail that lies on the other picture's border.
     near = cv.dilate(inside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8))
@@ -219,8 +219,10 @@ def _agreement(a: Features, b: Features, transform: np.ndarray, evidence: Eviden
     box = (slice(top, top + height), slice(left, left + width))
     mask = overlap[box].astype(np.float32)
     gradients = []
+    weight = cv.GaussianBlur(inside.astype(np.float32), (0, 0), SIGMA)
     for image in (warped, b.thumb.astype(np.float32)):
-        smooth = cv.GaussianBlur(image, (0, 0), SIGMA)[box]
+        # A blur that sees only the overlap: the black beyond the warped picture must not smear into it.
+        smooth = (cv.GaussianBlur(image * inside, (0, 0), SIGMA) / np.maximum(weight, 1e-3))[box]
         mean, std = cv.meanStdDev(smooth, mask=overlap[box])
         smooth = (smooth - float(mean[0, 0])) / (float(std[0, 0]) + 1e-6)
         gradients.append((cv.Sobel(smooth, cv.CV_32F, 1, 0, ksize=3), cv.Sobel(smooth, cv.CV_32F, 0, 1, ksize=3)))
