@@ -119,6 +119,24 @@ def test_finds_edited_copies_and_not_another_shot(collection, thumbnail_model, t
     assert groups(exact) == {frozenset({"p0.jpg", "p0-copy.jpg"}), frozenset({"p1.jpg", "p1.png"})}
 
 
+def test_checks_are_cached_beside_the_index_and_a_damaged_cache_is_rebuilt(collection, thumbnail_model, tmp_path):
+    import sqlite3
+
+    index = tmp_path / "c.lookalike"
+    index_with(thumbnail_model, collection, index)
+    first = dupes_json(str(index))
+    cache = tmp_path / "c.lookalike-cache" / "dupes.sqlite"
+    with sqlite3.connect(cache) as db:
+        features = db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+        verdicts = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    assert features >= 8 and verdicts >= 5  # every checked file and pair, for the next run
+    assert dupes_json(str(index))["clusters"] == first["clusters"]  # the same answer from the cache
+    cache.write_bytes(b"not a database at all" * 100)
+    assert groups(dupes_json(str(index))) == groups(first)
+    with sqlite3.connect(cache) as db:  # and the cache was made again
+        assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == verdicts
+
+
 def features_of(image: Image.Image) -> verify.Features:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)

@@ -1,5 +1,6 @@
-"""Verification features by file id, kept beside the index (INDEX-cache/dupes.sqlite): a re-run decodes
-nothing it has seen. A derived cache: safe to delete, rebuilt when damaged or made by other settings.
+"""Verification features by file id, and the verdicts of checked pairs, kept beside the index
+(INDEX-cache/dupes.sqlite): a re-run decodes and checks nothing it has seen. A derived cache: safe to
+delete, rebuilt when damaged or made by other settings (other thresholds forget only the verdicts).
 
 A changed file gets a new id in the index (ids are never reused), so an id's features never go stale; rows of
 ids that left the index are dropped on save. SQLite keeps two processes at once consistent.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +21,8 @@ from lookalike import images
 from lookalike.dupes import verify
 
 VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v2"
+# Verdicts also depend on every threshold: a change of any of them forgets the verdicts (not the features).
+VERDICTS = "-".join(str(getattr(verify, name)) for name in sorted(dir(verify)) if name.isupper()) + "-v1"
 
 
 class FeatureCache:
@@ -27,21 +31,46 @@ class FeatureCache:
     def __init__(self, folder: Path | None):
         self.memory: dict[int, verify.Features | None] = {}
         self.new: dict[int, verify.Features] = {}
+        self.new_verdicts: dict[tuple[int, int], verify.Evidence] = {}
         self.db: sqlite3.Connection | None = None
         if folder is None:
             return
+        for attempt in range(2):
+            try:
+                self.db = self._open(folder / "dupes.sqlite")
+                return
+            except sqlite3.DatabaseError:  # not a database any more (damaged): start it again, once
+                if self.db is not None:
+                    self.db.close()
+                self.db = None
+                if attempt == 0:
+                    with contextlib.suppress(OSError):
+                        (folder / "dupes.sqlite").unlink()
+            except (sqlite3.Error, OSError):  # a read-only place: work from memory
+                self.db = None
+                return
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(folder / "dupes.sqlite", timeout=30)
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS features (id INTEGER PRIMARY KEY, data BLOB)")
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-            if row is None or row[0] != VERSION:
-                with self.db:
-                    self.db.execute("DELETE FROM features")
-                    self.db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (VERSION,))
-        except (sqlite3.Error, OSError):  # a read-only place or a damaged file: work from memory
-            self.db = None
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS features (id INTEGER PRIMARY KEY, data BLOB)")
+            db.execute("CREATE TABLE IF NOT EXISTS verdicts (a INTEGER, b INTEGER, evidence TEXT, "
+                       "PRIMARY KEY (a, b))")
+            for key, value, tables in (("version", VERSION, ("features", "verdicts")),
+                                       ("verdicts", VERDICTS, ("verdicts",))):
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if row is None or row[0] != value:
+                    with db:
+                        for table in tables:
+                            db.execute(f"DELETE FROM {table}")
+                        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def get(self, file_id: int, path: str) -> verify.Features | None:
         if file_id in self.memory:
@@ -53,6 +82,19 @@ class FeatureCache:
                 self.new[file_id] = found
         self.memory[file_id] = found
         return found
+
+    def verdict(self, a: int, b: int) -> verify.Evidence | None:
+        """The evidence of an earlier check of this pair (ids never change meaning), or None."""
+        if self.db is None:
+            return None
+        try:
+            row = self.db.execute("SELECT evidence FROM verdicts WHERE a = ? AND b = ?", (a, b)).fetchone()
+            return None if row is None else verify.Evidence(**json.loads(row[0]))
+        except Exception:  # a damaged row: check again
+            return None
+
+    def remember(self, a: int, b: int, evidence: verify.Evidence) -> None:
+        self.new_verdicts[(a, b)] = evidence
 
     def _read(self, file_id: int) -> verify.Features | None:
         if self.db is None:
@@ -71,12 +113,17 @@ class FeatureCache:
             with self.db:
                 self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)",
                                     [(i, _encode(f)) for i, f in self.new.items()])
+                self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)",
+                                    [(a, b, json.dumps(e.as_dict())) for (a, b), e in self.new_verdicts.items()])
                 if keep_ids is not None:
                     self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (id INTEGER PRIMARY KEY)")
                     self.db.execute("DELETE FROM keep")
                     self.db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", [(int(i),) for i in keep_ids])
                     self.db.execute("DELETE FROM features WHERE id NOT IN (SELECT id FROM keep)")
+                    self.db.execute("DELETE FROM verdicts WHERE a NOT IN (SELECT id FROM keep) "
+                                    "OR b NOT IN (SELECT id FROM keep)")
             self.new.clear()
+            self.new_verdicts.clear()
 
     def close(self) -> None:
         if self.db is not None:

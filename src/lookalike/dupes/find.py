@@ -161,10 +161,13 @@ class _Prover:
                     self.digests[m.id] = pixel_digest(m.path)
             if self.digests[i] is not None and self.digests[i] == self.digests[j]:
                 return Link("pixels")
-        fa, fb = self.features.get(i, a.path), self.features.get(j, b.path)
-        if fa is None or fb is None:
-            return None
-        evidence = verify.compare(fa, fb)
+        evidence = self.features.verdict(i, j)
+        if evidence is None:
+            fa, fb = self.features.get(i, a.path), self.features.get(j, b.path)
+            if fa is None or fb is None:
+                return None
+            evidence = verify.compare(fa, fb)
+            self.features.remember(i, j, evidence)
         return Link("photo", evidence) if evidence.same else None
 
 
