@@ -257,10 +257,15 @@ def main() -> None:
             results[split]["imagededup PHash"] = {"error": str(exc)}
         print(split, json.dumps(results[split], default=str), flush=True)
     timing = None
-    if not args.skip_timing:
+    saved_timing = workdir / "timing-100k.json"
+    if args.reuse_answers and saved_timing.is_file():
+        timing = json.loads(saved_timing.read_text())
+    elif not args.skip_timing:
         out = subprocess.run([sys.executable, "-m", "benchmarks.dupes", "--timing", str(workdir / "test.lookalike")],
                              check=True, capture_output=True, text=True).stdout
         timing = json.loads(out.strip().splitlines()[-1])
+        timing["load"], timing["commit"] = os.getloadavg()[0], commit()
+        saved_timing.write_text(json.dumps(timing))
         print("timing", json.dumps(timing), flush=True)
     write_section("dupes", render(results, timing))
     if holder is not None:
