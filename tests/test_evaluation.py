@@ -12,11 +12,13 @@ from PIL import Image
 from lookalike.evaluation.metrics import (
     average_precision,
     folder_labels,
+    holidays_groups,
     nearest,
     neighbour_recall,
     precision_at_k,
     recall_at_k,
     regex_labels,
+    trapezoid_ap,
 )
 from lookalike.evaluation.protocol import evaluate_vectors, pca_sweep
 from tests.conftest import run_cli
@@ -40,6 +42,41 @@ def test_average_precision_by_hand():
     assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert ap[1] == pytest.approx(1 / 2)
     assert math.isnan(ap[2])
+
+
+def test_trapezoid_ap_by_hand():
+    # holidays_map.py: a relevant image at 0-based rank r, the t-th found, adds (t/r + (t+1)/(r+1)) / 2 / R,
+    # with t/r read as 1 at rank 0.
+    ranked = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    ap = trapezoid_ap(ranked)
+    assert ap[0] == pytest.approx(((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 2)  # 0.7917, plain AP 0.8333
+    assert ap[1] == pytest.approx((0 / 1 + 1 / 2) / 2)  # 0.25, plain AP 0.5
+    assert math.isnan(ap[2])
+
+
+def test_holidays_groups_and_queries_from_file_names():
+    paths = ["/h/100000.jpg", "/h/100001.jpg", "/h/100100.JPG", "/h/100102.jpg", "/h/notes.jpg", "/h/1234.jpg"]
+    groups, queries = holidays_groups(paths)
+    assert groups == ["1000", "1000", "1001", "1001", None, None]
+    assert queries.tolist() == [True, False, True, False, False, False]
+
+
+def test_holidays_protocol_by_hand():
+    # Group 1000: query 100000, with 100001 and 100002; group 1001: query 100100 with 100101; 555501 is in a
+    # group without its query: relevant to nobody, a query for nobody, but it is ranked (a distractor).
+    names = ["100000.jpg", "100001.jpg", "100002.jpg", "100100.jpg", "100101.jpg", "555501.jpg"]
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1], [0, 1, 0], [0.5, 0.5, 0], [0.8, 0, 0.6]], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    groups, queries = holidays_groups(names)
+    result = evaluate_vectors(vectors, groups, k=1, queries=queries, trapezoid=True)
+    # query 100000 ranks 100001 (0.994), 555501 (0.8), 100101 (0.707), 100002 (0): relevant at ranks 0 and 3
+    first = ((1 + 1) / 2 + (1 / 3 + 2 / 4) / 2) / 2
+    # query 100100 ranks 100101 (0.707) first: AP 1
+    assert (result.queries, result.groups, result.images) == (2, 3, 6)
+    assert result.map == pytest.approx((first + 1) / 2)
+    assert result.p_at_k == pytest.approx(1.0)
+    plain = evaluate_vectors(vectors, groups, k=1, queries=queries)
+    assert plain.map == pytest.approx(((1 + 2 / 4) / 2 + 1) / 2)
 
 
 def test_neighbour_recall_counts_shared_ids():
@@ -169,11 +206,32 @@ def test_eval_with_groups_from_file_names(dataset):
     assert data["groups"] == 3 and set(data["per_group"]) == {"0", "1", "2"}
 
 
+def test_eval_holidays_protocol_end_to_end(tiny_model, tmp_path):
+    from tests.conftest import picture
+
+    folder = tmp_path / "holidays"
+    folder.mkdir()
+    for number, kind, seed in [(100000, "disc", 0), (100001, "disc", 1), (100100, "stripes", 0),
+                               (100101, "stripes", 1), (100102, "stripes", 2), (100201, "noise", 0)]:
+        picture(kind, seed=seed).save(folder / f"{number}.jpg", quality=92)
+    result = run_cli("eval", str(folder), "--model", str(tiny_model), "--protocol", "holidays", "-k", "1",
+                     "--pca", "none", "--no-timing", "--json", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["protocol"], data["images"], data["queries"], data["groups"]) == ("holidays", 6, 2, 3)
+    assert data["map"] == pytest.approx(1.0) and data["p_at_k"] == pytest.approx(1.0)  # families are far apart
+    table = run_cli("eval", str(folder), "--index", str(tmp_path / "holidays.lookalike"), "--protocol", "holidays",
+                    "--pca", "none", "--no-timing")
+    assert "trapezoid AP" in table.stdout and "87.0 %" not in table.stdout  # no Caltech reference beside it
+
+
 @pytest.mark.parametrize("args, message, status", [
     (["missing-folder"], "dataset folder not found", 3),
     (["PHOTOS", "--pca", "ten"], "--pca takes dims", 2),
     (["PHOTOS", "--group-regex", "("], "not a valid regular expression", 2),
     (["PHOTOS", "--exclude", "disc", "--exclude", "stripes", "--exclude", "noise"], "holds no images below", 6),
+    (["PHOTOS", "--protocol", "holidays"], "no Holidays query", 6),
+    (["PHOTOS", "--protocol", "holidays", "--group-regex", "x"], "does not apply to --protocol holidays", 2),
 ])
 def test_eval_bad_input_is_one_line(dataset, args, message, status):
     photos, index_path = dataset

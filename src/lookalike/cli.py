@@ -148,6 +148,12 @@ def _dims(text: str) -> int:
     return dims
 
 
+class EvalProtocol(str, Enum):  # noqa: UP042 (typer needs a str Enum)
+    classes = "classes"
+    holidays = "holidays"
+
+
+
 IndexPath = Annotated[
     Optional[str],
     typer.Option("--index", "-i", envvar="LOOKALIKE_INDEX", show_default=False,
@@ -902,6 +908,10 @@ def eval_(
     group_regex: Annotated[Optional[str], typer.Option(help="Groups from file names instead of folders: a regex "
                                                        "whose first group (or match) names the group, e.g. "
                                                        "'^(\\d{4})'.")] = None,
+    protocol: Annotated[EvalProtocol, typer.Option(help="classes: every labelled image a query, its folder (or "
+                                                   "--group-regex) its class. holidays: INRIA Holidays, NNNNNN.jpg "
+                                                   "in group NNNNNN // 100, NNNN00.jpg its query, trapezoid AP "
+                                                   "as holidays_map.py.")] = EvalProtocol.classes,
     pca: Annotated[str, typer.Option(help="PCA sweep dims, comma separated; 'none' to skip.")] =
         ",".join(map(str, (1, 2, 3, 4, 5, 10, 20, 50, 75, 100, 150, 200))),
     timing: Annotated[bool, typer.Option(help="Time one query per search method, and one image.")] = True,
@@ -929,7 +939,7 @@ def eval_(
             built = index_dataset(idx, dataset, exclude=exclude or (), progress=progress.files)
     with Index.open(index, model=spec) as idx:
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
-                                methods=timing)
+                                methods=timing, protocol=protocol.value)
     if built is not None and built.indexed:
         result.extraction_s, result.extraction_images = built.seconds, built.indexed + built.failed
     if as_json:

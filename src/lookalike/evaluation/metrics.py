@@ -10,6 +10,10 @@ Metrics, for a query whose label is shared by R other images:
   recall@k  share of the R that are among the k nearest;
   AP        mean, over the R, of the precision at the rank where each is found; mAP is its mean over
             queries with R > 0.
+
+The INRIA Holidays protocol (`holidays_groups`, `trapezoid_ap`) differs in two ways: only one image per
+group is a query, and AP is the area under the precision-recall curve by the trapezoid rule, as its
+official holidays_map.py computes it (a point or two below the plain AP above).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from lookalike.errors import UsageError
 from lookalike.search.exact import top_k
+from lookalike.search.rerank import QueryExpansion
 
 # -- ground truth -------------------------------------------------------------------------------------
 
@@ -47,6 +52,26 @@ def regex_labels(paths: Sequence[str], pattern: str) -> list[str | None]:
         match = compiled.search(Path(path).name)
         labels.append(None if match is None else (match.group(1) if compiled.groups else match.group(0)))
     return labels
+
+
+HOLIDAYS_NAME = re.compile(r"^(\d{6})\.jpe?g$", re.IGNORECASE)
+
+
+def holidays_groups(paths: Sequence[str]) -> tuple[list[str | None], np.ndarray]:
+    """INRIA Holidays ground truth from file names: `NNNNNN.jpg` belongs to group NNNNNN // 100, and the
+    group's query is the image whose number ends in 00. Returns (group per image, None for a file that is
+    not so named: a distractor; bool [n], True for the queries)."""
+    groups: list[str | None] = []
+    queries = np.zeros(len(paths), bool)
+    for n, path in enumerate(paths):
+        match = HOLIDAYS_NAME.match(Path(path).name)
+        if match is None:
+            groups.append(None)
+            continue
+        number = int(match.group(1))
+        groups.append(str(number // 100))
+        queries[n] = number % 100 == 0
+    return groups, queries
 
 
 def encode(labels: Sequence[str | None]) -> np.ndarray:
@@ -82,6 +107,23 @@ def average_precision(relevant_ranked: np.ndarray) -> np.ndarray:
     total = relevant.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (precision * relevant).sum(axis=1) / total, np.nan)
+
+
+def trapezoid_ap(relevant_ranked: np.ndarray) -> np.ndarray:
+    """bool [m, n]: complete rankings, the query left out -> AP float64 [m] as INRIA's holidays_map.py
+    computes it (nan for a query with nothing relevant).
+
+    Each relevant image found at 0-based rank r, as the t-th found (t from 0), adds a trapezoid of width
+    1/R between precision t/r (1 at rank 0) and (t+1)/(r+1)."""
+    relevant = np.atleast_2d(np.asarray(relevant_ranked, bool))
+    rank = np.arange(relevant.shape[1], dtype=np.float64)
+    found_before = np.cumsum(relevant, axis=1) - relevant  # t: relevant images strictly above this rank
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = np.where(rank == 0, 1.0, found_before / np.maximum(rank, 1))
+        right = (found_before + 1) / (rank + 1)
+        total = relevant.sum(axis=1)
+        area = ((left + right) / 2 * relevant).sum(axis=1)
+        return np.where(total > 0, area / total, np.nan)
 
 
 def neighbour_recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -120,13 +162,22 @@ def nearest(features: np.ndarray, k: int, *, metric: str = "cosine", batch: int 
     return out
 
 
-def rankings(features: np.ndarray, queries: np.ndarray, *, batch: int = 512):
+def rankings(features: np.ndarray, queries: np.ndarray, *, batch: int = 512,
+             expansion: QueryExpansion | None = None):
     """For each query position, the complete cosine ranking of all other rows: yields (query positions
-    int64 [b], ranked positions int64 [b, n-1]) batch by batch. Stable: ties go to the lower position."""
+    int64 [b], ranked positions int64 [b, n-1]) batch by batch. Stable: ties go to the lower position.
+    With `expansion`, each query is expanded with its best other rows first and ranked again (α-QE), as
+    `Index.search` does."""
     features = np.ascontiguousarray(features, np.float32)
     for start in range(0, len(queries), batch):
         chosen = queries[start:start + batch]
+        rows = np.arange(len(chosen))
         scores = features[chosen] @ features.T
-        scores[np.arange(len(chosen)), chosen] = -np.inf
+        scores[rows, chosen] = -np.inf
+        if expansion is not None and expansion.on:
+            top, top_scores = top_k(scores, min(expansion.neighbours, len(features) - 1))
+            expanded = expansion.expand(features[chosen], features[top], top_scores)
+            scores = expanded @ features.T
+            scores[rows, chosen] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]  # the query itself is last
         yield chosen, order

@@ -13,19 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lookalike.errors import BadInput, LookalikeError
+from lookalike.errors import BadInput, LookalikeError, UsageError
 from lookalike.evaluation.metrics import (
     average_precision,
     encode,
     folder_labels,
+    holidays_groups,
     nearest,
     neighbour_recall,
     precision_at_k,
     rankings,
     recall_at_k,
     regex_labels,
+    trapezoid_ap,
 )
 from lookalike.images import absolute
+from lookalike.search.rerank import QueryExpansion
 
 if TYPE_CHECKING:
     from lookalike.index import Index
@@ -70,6 +73,8 @@ class EvalResult:
     p_at_k: float
     recall_at_k: float
     map: float
+    protocol: str = "classes"  # or "holidays": one query per group, trapezoid AP
+    expansion: int = 0  # neighbours of the α-query expansion the rankings used (0: none)
     per_group: dict[str, float] = field(default_factory=dict)  # P@k by class
     group_sizes: dict[str, int] = field(default_factory=dict)
     pca: list[tuple[int, float]] = field(default_factory=list)  # (dims, P@k), reference protocol
@@ -93,25 +98,33 @@ def has_reference(result: EvalResult) -> bool:
 
 
 def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: int = 4,
-                     paths: Sequence[str] | None = None) -> EvalResult:
-    """P@k, recall@k and mAP of cosine search over float32 [n, d] unit vectors with these labels."""
+                     paths: Sequence[str] | None = None, queries: np.ndarray | None = None,
+                     trapezoid: bool = False, expansion: QueryExpansion | None = None) -> EvalResult:
+    """P@k, recall@k and mAP of cosine search over float32 [n, d] unit vectors with these labels.
+
+    By default every labelled image is a query; `queries` (bool [n]) picks some instead (the Holidays
+    protocol: one per group). `trapezoid` measures AP as INRIA's holidays_map.py does. `expansion` ranks
+    with α-query expansion, as `Index.search` does with it on."""
     codes = encode(labels)
     names = sorted({label for label in labels if label is not None})
-    queries = np.flatnonzero(codes >= 0)
+    labelled = codes >= 0
+    queries = np.flatnonzero(labelled if queries is None else labelled & np.asarray(queries, bool))
     if len(queries) == 0:
-        raise BadInput("no image has a label: check the dataset layout or --group-regex")
-    sizes = np.bincount(codes[queries], minlength=len(names))
+        raise BadInput("no image has a label: check the dataset layout or --group-regex"
+                       if not labelled.any() else "no labelled image is a query (Holidays: NNNN00.jpg)")
+    sizes = np.bincount(codes[labelled], minlength=len(names))
     relevant_total = sizes[codes[queries]] - 1
     p_rows, ap = np.empty(len(queries)), np.empty(len(queries))
     top_relevant = np.zeros((len(queries), min(k, len(codes) - 1)), bool)
     examples, example_labels = {}, {}
     done = 0
-    for chosen, order in rankings(vectors, queries):
+    score_ap = trapezoid_ap if trapezoid else average_precision
+    for chosen, order in rankings(vectors, queries, expansion=expansion):
         relevant = codes[order] == codes[chosen][:, None]
         top = relevant[:, :k]
         top_relevant[done:done + len(chosen)] = top
         p_rows[done:done + len(chosen)] = top.mean(axis=1)
-        ap[done:done + len(chosen)] = average_precision(relevant)
+        ap[done:done + len(chosen)] = score_ap(relevant)
         if paths is not None:
             for position, row in zip(chosen, order[:, :k], strict=True):
                 name = names[codes[position]]
@@ -119,7 +132,8 @@ def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: in
                     examples[name] = [paths[position], *(paths[i] for i in row)]
                     example_labels[name] = [name, *(labels[i] or "-" for i in row)]
         done += len(chosen)
-    per_group = {name: float(p_rows[codes[queries] == n].mean()) for n, name in enumerate(names)}
+    per_group = {name: float(p_rows[codes[queries] == n].mean()) for n, name in enumerate(names)
+                 if (codes[queries] == n).any()}
     return EvalResult(
         dataset="", model="", images=len(codes), queries=len(queries), groups=len(names), k=k,
         p_at_k=float(p_rows.mean()),
@@ -229,11 +243,22 @@ def index_dataset(index: Index, dataset: str | Path, *, exclude: Sequence[str] =
     return index.add(class_folders(dataset, exclude), progress=progress)
 
 
+PROTOCOLS = ("classes", "holidays")
+
+
 def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Sequence[str] = (),
                    group_regex: str | None = None, pca_dims: Sequence[int] = PCA_DIMS,
-                   methods: bool = True) -> EvalResult:
-    """Evaluate the images of `index` that lie below `root`, labelled by folder (or by `group_regex` on
-    their file names), leaving out the classes in `exclude` altogether."""
+                   methods: bool = True, protocol: str = "classes",
+                   expansion: QueryExpansion | None = None) -> EvalResult:
+    """Evaluate the images of `index` that lie below `root`, leaving out the classes in `exclude` altogether.
+
+    protocol "classes": labelled by folder (or by `group_regex` on their file names), every labelled image
+    a query, plain AP. "holidays": INRIA Holidays, groups and queries from the file names (NNNNNN.jpg is in
+    group NNNNNN // 100, NNNN00.jpg is its query), trapezoid AP. `expansion`: rank with α-QE, as search does."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if protocol == "holidays" and group_regex:
+        raise UsageError("--group-regex does not apply to --protocol holidays: its groups come from file names")
     root = absolute(root)
     ids, vectors = index.vectors()
     files = index.files(ids)
@@ -245,10 +270,19 @@ def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Seque
         raise BadInput(f"{index.path} holds no images below {root} (index it first, or check --exclude)")
     ids, vectors = ids[keep], vectors[keep]
     paths = [p for p, kept in zip(paths, keep, strict=True) if kept]
-    labels = regex_labels(paths, group_regex) if group_regex else [c for c, kept in zip(classes, keep, strict=True)
-                                                                    if kept]
-    result = evaluate_vectors(vectors, labels, k=k, paths=paths)
-    result.dataset, result.model = str(root), index.spec.name
+    queries = None
+    if protocol == "holidays":
+        labels, queries = holidays_groups(paths)
+        if not queries.any():
+            raise BadInput(f"no Holidays query below {root}: queries are named NNNN00.jpg (six digits)")
+    elif group_regex:
+        labels = regex_labels(paths, group_regex)
+    else:
+        labels = [c for c, kept in zip(classes, keep, strict=True) if kept]
+    result = evaluate_vectors(vectors, labels, k=k, paths=paths, queries=queries, trapezoid=protocol == "holidays",
+                              expansion=expansion)
+    result.dataset, result.model, result.protocol = str(root), index.spec.name, protocol
+    result.expansion = expansion.neighbours if expansion is not None else 0
     if pca_dims:
         result.pca = pca_sweep(vectors, labels, pca_dims, k=k)
     if methods:

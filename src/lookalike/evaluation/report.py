@@ -25,12 +25,13 @@ def _ms(value: float | None) -> str:
 def summary_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     """(figure, lookalike, reference) rows: the reference pipeline's table, with ours beside it."""
     k = result.k
-    reference_p = f"{REFERENCE['p_at_4']} %" if k == 4 else "-"
+    reference_p = f"{REFERENCE['p_at_4']} %" if k == 4 and result.protocol == "classes" else "-"
     rows = [
         (f"P@{k}, query excluded ({result.queries:,} queries, {result.groups} groups)", _pct(result.p_at_k),
          reference_p),
         (f"recall@{k} (share of the query's group found)", _pct(result.recall_at_k), "-"),
-        ("mAP (complete rankings)", _pct(result.map), "-"),
+        ("mAP (trapezoid AP as holidays_map.py, query left out)" if result.protocol == "holidays"
+         else "mAP (complete rankings)", _pct(result.map), "-"),
     ]
     for dims, value in result.pca:
         ref = REFERENCE["pca"].get(dims)
