@@ -21,6 +21,7 @@ from lookalike.evaluation.metrics import (
     trapezoid_ap,
 )
 from lookalike.evaluation.protocol import evaluate_vectors, pca_sweep
+from lookalike.search.rerank import QueryExpansion
 from tests.conftest import run_cli
 
 
@@ -77,6 +78,19 @@ def test_holidays_protocol_by_hand():
     assert result.p_at_k == pytest.approx(1.0)
     plain = evaluate_vectors(vectors, groups, k=1, queries=queries)
     assert plain.map == pytest.approx(((1 + 2 / 4) / 2 + 1) / 2)
+
+
+def test_query_expansion_in_evaluation_pulls_in_the_other_view():
+    # Query 0's group is {0, 1, 2}; 2 is far from 0 but close to 1, which is close to 0. A distractor (3)
+    # sits between. Plain: 0 ranks 1, 3, 2; with α-QE (1 neighbour, α = 0: plain sum) the query becomes
+    # 0 + 1, which is closer to 2 than to 3.
+    vectors = np.array([[1, 0, 0], [0.9, 0.436, 0], [0.6, 0.8, 0], [0.7, 0, 0.714]], np.float32)
+    labels = ["a", "a", "a", None]
+    queries = np.array([True, False, False, False])
+    plain = evaluate_vectors(vectors, labels, k=2, queries=queries)
+    expanded = evaluate_vectors(vectors, labels, k=2, queries=queries, expansion=QueryExpansion(1, alpha=0.0))
+    assert plain.map == pytest.approx((1 + 2 / 3) / 2)
+    assert expanded.map == pytest.approx(1.0)
 
 
 def test_neighbour_recall_counts_shared_ids():

@@ -78,3 +78,16 @@ def test_cli_index_and_search_real_photos_with_a_grid(photos, tmp_path):
     hits = json.loads(result.stdout)["results"]
     assert sum("/pizza/" in h["path"] for h in hits) >= 3
     assert (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+HOLIDAYS = CALTECH.parent / "holidays_dev"
+
+
+@pytest.mark.skipif(not HOLIDAYS.is_dir(), reason="../shared/datasets/holidays_dev is not present")
+def test_holidays_protocol_with_the_default_model(tmp_path):
+    result = run_cli("eval", str(HOLIDAYS), "--protocol", "holidays", "--pca", "none", "--no-timing", "--json", "-q",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["images"], data["queries"], data["groups"]) == (402, 147, 150)
+    assert data["map"] >= 0.80, data["map"]  # v1 (average pooling, 224x224) measured 0.766

@@ -153,6 +153,20 @@ class EvalProtocol(str, Enum):  # noqa: UP042 (typer needs a str Enum)
     holidays = "holidays"
 
 
+QeOption = Annotated[
+    Optional[int],
+    typer.Option("--qe", min=0, max=20, help="α-query expansion: search again with the query plus this many of its "
+                 "best neighbours, weighted by similarity cubed (0: off) [default: 0].", show_default=False),
+]
+
+
+def _expansion(qe: int | None):
+    from lookalike.index import DEFAULT_QE
+    from lookalike.search.rerank import QueryExpansion
+
+    return DEFAULT_QE if qe is None else QueryExpansion(qe)
+
+
 
 IndexPath = Annotated[
     Optional[str],
@@ -323,6 +337,7 @@ def index(
     new_index = is_milvus(index) or not Path(index).expanduser().exists()
     with _Report(quiet) as report, \
             Index.open(index, model=spec, create=True, threads=threads, steps=report.steps) as idx:
+        _note_outdated(idx)
         if new_index and spec and spec.source == "file" and spec.dims == 0 and mean is None and std is None:
             err.print(f"note: {spec.name} is fed with ImageNet's mean and std (0.485,0.456,0.406 / "
                       "0.229,0.224,0.225): pass --mean and --std if it was trained with others", soft_wrap=True)
@@ -346,6 +361,13 @@ def index(
         out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
 
 
+def _note_outdated(idx) -> None:
+    """One line on stderr when the index was built with an older version of its model's descriptor."""
+    hint = idx.outdated()
+    if hint:
+        err.print(f"note: {hint}", soft_wrap=True)  # markup is off: the paths in it print as they are
+
+
 @app.command(rich_help_panel=SEARCH)
 def search(
     query: Annotated[Optional[Path], typer.Argument(help="An image file to search with.", show_default=False)] = None,
@@ -363,6 +385,7 @@ def search(
                                                show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a first ANN build, a "
                                         "model's first export).")] = False,
+    qe: QeOption = None,
 ) -> None:
     """Find the indexed images that look most like QUERY (or like the indexed image --id)."""
     from lookalike import images
@@ -375,12 +398,13 @@ def search(
     _check_location(index)
     require_engine(ann and ann.value)
     with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx:
+        _note_outdated(idx)
         if by_id is not None:
-            hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value)
+            hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value, qe=qe)
             shown = by_id
         else:
             assert query is not None  # one of the two, checked above
-            hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value)
+            hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value, qe=qe)
             shown = query
         roots = idx.info()["roots"] if any(hit.stale for hit in hits) else []
         model_name = idx.spec.name
@@ -643,6 +667,7 @@ def serve(
                                                  "every API call.", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload accepted, in MB.")] = 20.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr while it starts.")] = False,
+    qe: QeOption = None,
 ) -> None:
     """A REST API (OpenAPI at /docs) and a web page for searching the index by image."""
     import socket
@@ -661,7 +686,8 @@ def serve(
         raise UsageError(f"cannot listen on {host}:{port} ({reason}): another server may be using it; choose "
                          "another with --port") from None
     with _Report(quiet) as progress:
-        app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps)
+        app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps,
+                         qe=qe)
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -912,6 +938,7 @@ def eval_(
                                                    "--group-regex) its class. holidays: INRIA Holidays, NNNNNN.jpg "
                                                    "in group NNNNNN // 100, NNNN00.jpg its query, trapezoid AP "
                                                    "as holidays_map.py.")] = EvalProtocol.classes,
+    qe: QeOption = None,
     pca: Annotated[str, typer.Option(help="PCA sweep dims, comma separated; 'none' to skip.")] =
         ",".join(map(str, (1, 2, 3, 4, 5, 10, 20, 50, 75, 100, 150, 200))),
     timing: Annotated[bool, typer.Option(help="Time one query per search method, and one image.")] = True,
@@ -938,8 +965,9 @@ def eval_(
         with _Report(quiet) as progress, Index.open(index, model=spec, create=True, steps=progress.steps) as idx:
             built = index_dataset(idx, dataset, exclude=exclude or (), progress=progress.files)
     with Index.open(index, model=spec) as idx:
+        _note_outdated(idx)
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
-                                methods=timing, protocol=protocol.value)
+                                methods=timing, protocol=protocol.value, expansion=_expansion(qe))
     if built is not None and built.indexed:
         result.extraction_s, result.extraction_images = built.seconds, built.indexed + built.failed
     if as_json:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -22,8 +23,9 @@ from PIL import Image
 from lookalike import images, pipeline
 from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, UsageError
 from lookalike.models.embedder import Embedder
-from lookalike.models.registry import ModelSpec, resolve_spec, same_model
+from lookalike.models.registry import MODELS, ModelSpec, resolve_spec, same_model
 from lookalike.search.options import ENGINES, METRICS
+from lookalike.search.rerank import NO_EXPANSION, QueryExpansion
 from lookalike.search.searcher import Choice, Searcher, SearchSettings, require_engine
 from lookalike.storage.base import FileDetails, FileInfo, FileRecord, IndexStore
 from lookalike.storage.sqlite import Store
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from lookalike.pipeline import Steps
 
 DEFAULT_INDEX = "index.lookalike"
+# Query expansion is off by default: with the standard n = 2, α = 3 it did not help both benchmarks
+# (docs/BENCHMARKS.md, holidays section); `qe=2` / `--qe 2` turns it on.
+DEFAULT_QE = NO_EXPANSION
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,14 @@ def _store_kind(location: str):
     return MilvusStore if is_milvus(location) else Store
 
 
+def rebuild_hint(path: str, stored: ModelSpec, current: ModelSpec, roots: list[str]) -> str:
+    """One line: what an index holds, what the model is now, and the command that rebuilds it."""
+    folders = " ".join(shlex.quote(root) for root in roots) or "PHOTOS_DIR"
+    new = shlex.quote(str(Path(path).with_name(Path(path).stem + f"-v{current.version}{Path(path).suffix}")))
+    return (f"{path} holds {stored.name} {stored.describe()} vectors; {current.name} is now {current.describe()}: "
+            f"rebuild with `lookalike index {folders} --index {new}` (or use this index without --model)")
+
+
 class Results(list):
     """The hits of one search (a list of Hit), with the engine that answered and how long it took."""
 
@@ -154,7 +167,10 @@ class Index:
         store = kind.open(path)
         if requested is not None and not same_model(store.spec, requested):
             stored = store.spec
+            roots = store.roots()
             store.close()
+            if stored.name == requested.name and stored.version != requested.version:
+                raise ModelMismatch(rebuild_hint(path, stored, requested, roots))
             if stored.name == requested.name and stored.precision != requested.precision:
                 raise ModelMismatch(f"{path} holds {stored.precision} vectors of {stored.name}, not "
                                     f"{requested.precision}: use --precision {stored.precision}, or another --index")
@@ -166,6 +182,14 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
+
+    def outdated(self) -> str | None:
+        """One line saying how to rebuild, when this index was built with an older version of a registry
+        model's descriptor (it still works, with the descriptor it was built with); else None."""
+        current = MODELS.get(self.spec.name)
+        if current is None or current.source == "file" or current.version <= self.spec.version:
+            return None
+        return rebuild_hint(str(self.path), self.spec, current, self.store.roots())
 
     def __enter__(self) -> Index:
         return self
@@ -335,20 +359,31 @@ class Index:
         metric: str = "cosine",
         exclude: str | os.PathLike | None = None,
         ann: str | None = None,
+        qe: int | QueryExpansion | None = None,
     ) -> Results:
         """The k indexed images closest to `query`: an image file, a PIL image, or a vector. `ann` overrides
-        the index's engine for this search ("exact", "hnsw", "ivfpq", "annoy", "exact-f16", "auto")."""
+        the index's engine for this search ("exact", "hnsw", "ivfpq", "annoy", "exact-f16", "auto"). `qe`:
+        α-query expansion with this many neighbours (0: off; None: the default, DEFAULT_QE), which searches
+        twice with whatever engine answers."""
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if ann is not None and ann not in ENGINES:
             raise UsageError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
+        expansion = qe if isinstance(qe, QueryExpansion) else QueryExpansion(DEFAULT_QE.neighbours if qe is None
+                                                                             else qe)
         started = time.perf_counter()
         vector = query if isinstance(query, np.ndarray) else self.embed(query)
         skip = None if exclude is None else self.store.id_of(str(exclude))
-        answer = self.searcher.search(vector[None, :], k, ann=ann,
-                                      exclude=None if skip is None else np.array([skip]))
+        skipped = None if skip is None else np.array([skip])
+        if expansion.on:
+            first = self.searcher.search(vector[None, :], expansion.neighbours, ann=ann, exclude=skipped)
+            found = first.ids[0] >= 0
+            neighbours = self.searcher.vectors_of(first.ids[0][found])
+            vector = expansion.expand(vector[None, :], neighbours[None], first.scores[0][found][None])[0]
+        answer = self.searcher.search(vector[None, :], k, ann=ann, exclude=skipped)
+        engine = answer.engine + (f", α-QE {expansion.neighbours}" if expansion.on else "")
         hits = self._hits(answer.scores[0], answer.ids[0], metric)
-        return Results(self.check_files(hits), answer.engine, time.perf_counter() - started)
+        return Results(self.check_files(hits), engine, time.perf_counter() - started)
 
     def check_files(self, hits: list[Hit]) -> list[Hit]:
         """The hits, each marked stale="gone" or "changed" where the file on disk is no longer what was indexed
@@ -369,13 +404,13 @@ class Index:
         return checked
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
-                ann: str | None = None) -> Results:
+                ann: str | None = None, qe: int | QueryExpansion | None = None) -> Results:
         """The k images closest to an already indexed image, itself left out."""
         key = str(images.absolute(path))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
-        return self.search(vector, k, metric=metric, exclude=key, ann=ann)
+        return self.search(vector, k, metric=metric, exclude=key, ann=ann, qe=qe)
 
     def image_path(self, file_id: int) -> str | None:
         """The path of the image with this id, if it was indexed successfully (a failed file has none)."""

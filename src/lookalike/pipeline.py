@@ -109,7 +109,9 @@ def run(
     workers = workers or default_workers()
     draft = (embedder.spec.input_size, embedder.spec.input_size)
     budget = images.MemoryBudget(2 * images.MAX_DECODED_BYTES)  # shared by the decode threads
-    batch: list[_Prepared] = []
+    # A model that keeps the aspect ratio gives arrays of a few shapes (sides are multiples of 32): one
+    # batch is gathered per shape, so at most a few dozen partly filled batches wait at any time.
+    batches: dict[tuple[int, ...], list[_Prepared]] = {}
     failed: list[FileRecord] = []
     touched: list[tuple[str, int, int]] = []
     done = 0  # jobs taken off the queue, whatever their outcome
@@ -131,21 +133,22 @@ def run(
             progress(done_so_far, len(jobs))
 
     # Three stages overlap: decode threads read and decode files; this thread stacks and normalises a
-    # batch; the inference thread runs the model on the previous batch and writes it. At most one batch
+    # batch (of one shape); the inference thread runs the model on the previous batch and writes it. At most one batch
     # waits for the inference thread, so memory stays flat.
     with ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="lookalike-infer") as infer:
         pending: deque[Future[_Prepared]] = deque()
         in_flight: deque[Future[None]] = deque()
 
-        def flush() -> None:
-            nonlocal batch, failed, touched
+        def flush(shape: tuple[int, ...] | None = None) -> None:
+            nonlocal failed, touched
+            batch = batches.pop(shape, []) if shape is not None else []
             inputs = embedder.inputs(np.stack([cast(np.ndarray, item.pixels) for item in batch])) if batch else None
             records = [item.record for item in batch] + failed
             while len(in_flight) > 1:
                 in_flight.popleft().result()
             in_flight.append(infer.submit(embed_and_write, inputs, records, len(failed), touched, done))
-            batch, failed, touched = [], [], []
+            failed, touched = [], []
 
         queue = iter(jobs)
         window = max(2 * batch_size, 4 * workers)  # bounded read-ahead: memory stays flat on any folder
@@ -166,9 +169,13 @@ def run(
                 elif item.pixels is None:
                     failed.append(item.record)
                 else:
-                    batch.append(item)
-                if len(batch) >= batch_size or len(failed) >= batch_size or len(touched) >= 4 * batch_size:
+                    batches.setdefault(item.pixels.shape, []).append(item)
+                    if len(batches[item.pixels.shape]) >= batch_size:
+                        flush(item.pixels.shape)
+                if len(failed) >= batch_size or len(touched) >= 4 * batch_size:
                     flush()
+            for shape in list(batches):
+                flush(shape)
             flush()
             while in_flight:
                 in_flight.popleft().result()

@@ -48,8 +48,8 @@ def classify(paths: Sequence[str | Path], model: str | ModelSpec = "efficientnet
         with_head = ", ".join(name for name, known in MODELS.items() if known.source == "export")
         raise ModelUnavailable(f"{spec.name} has no classifier head: classify with one of {with_head}")
     embedder = Embedder.load(spec)
-    pixels = np.stack([embedder.prepare(image) for image in load_all(paths, embedder.spec.input_size)])
-    logits = embedder.logits(pixels).astype(np.float64)
+    pixels = [embedder.prepare(image) for image in load_all(paths, embedder.spec.input_size)]
+    logits = embedder.logits_many(pixels).astype(np.float64)
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     names = imagenet_names()

@@ -81,14 +81,36 @@ class Embedder:
         return self.spec.dims
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """An RGB image -> uint8 [size, size, 3], resized (no crop) to the model's input size.
+        """An RGB image -> uint8 [height, width, 3], resized (no crop) to the model's input: a square of
+        input_size, or (resize "longer") the longer side to input_size with the aspect ratio kept, so images
+        of other shapes give other array shapes (see `embed_many`).
 
         Runs on decode threads, so it does as little as it can: normalising is left to `inputs`, for a
         whole batch, or to the graph itself.
         """
-        if image.size != self.size:
-            image = image.resize(self.size, Image.Resampling.BILINEAR)
+        size = self.spec.input_shape(*image.size)
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
+
+    def embed_many(self, prepared: list[np.ndarray]) -> np.ndarray:
+        """Arrays from `prepare`, of any shapes -> float32 [n, dims] unit vectors, in the same order: one
+        model call per shape."""
+        return self._by_shape(prepared, self.embed, self.dims)
+
+    def logits_many(self, prepared: list[np.ndarray]) -> np.ndarray:
+        """Arrays from `prepare`, of any shapes -> ImageNet logits [n, 1000], in the same order."""
+        return self._by_shape(prepared, self.logits, 1000)
+
+    @staticmethod
+    def _by_shape(prepared: list[np.ndarray], run, width: int) -> np.ndarray:
+        out = np.empty((len(prepared), width), np.float32)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for n, pixels in enumerate(prepared):
+            groups.setdefault(pixels.shape, []).append(n)
+        for rows in groups.values():
+            out[rows] = run(np.stack([prepared[n] for n in rows]))
+        return out
 
     def inputs(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, size, size, 3] from `prepare` -> what the graph takes (the same, or normalised float32
@@ -97,7 +119,8 @@ class Embedder:
         return batch if self.takes_pixels else model_input(batch, self.spec.mean, self.spec.std)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [n, size, size, 3] from `prepare` -> float32 [n, dims], each row of unit length."""
+        """uint8 [n, height, width, 3], a stack of `prepare` arrays of one shape -> float32 [n, dims], each row
+        of unit length."""
         return self.embed_inputs(self.inputs(batch))
 
     def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
@@ -107,7 +130,7 @@ class Embedder:
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        return self.embed(np.stack([self.prepare(image) for image in images]))
+        return self.embed_many([self.prepare(image) for image in images])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [n, size, size, 3] -> ImageNet logits [n, 1000], for models exported with their classifier."""

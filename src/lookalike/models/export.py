@@ -2,8 +2,9 @@
 
 This is the only module that imports torch, and only when a model is used for the first time on a
 machine: every later run loads the cached .onnx with ONNX Runtime alone. The graph has two outputs from
-one pass: "embedding" (global-average-pooled features, not yet normalised) and "logits" (the ImageNet
-classifier head, kept for `classify`).
+one pass: "embedding" (the pooled last feature map, not yet normalised: averaged, or GeM-pooled when the
+spec says so) and "logits" (the ImageNet classifier head on the averaged map, as it was trained, kept for
+`classify`). A spec with resize "longer" gets a graph with free height and width.
 """
 
 from __future__ import annotations
@@ -33,13 +34,20 @@ def export_onnx(spec: ModelSpec, target: Path) -> Path:
     weights = _weights_file(spec)
 
     class Features(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module):
+        def __init__(self, net: torch.nn.Module, gem: float):
             super().__init__()
             self.net: Any = net  # EfficientNet's own methods, which torch's Module typing does not know
+            self.gem = gem
 
         def forward(self, x):
-            pooled = self.net.extract_features(x).mean((2, 3))
-            return pooled, self.net._fc(pooled)
+            maps = self.net.extract_features(x)
+            pooled = maps.mean((2, 3))
+            if not self.gem:
+                return pooled, self.net._fc(pooled)
+            # GeM: (mean of x^p)^(1/p); the maps come out of ReLU6, so clamping at a tiny positive value
+            # only keeps the power and its root finite.
+            gem = maps.clamp(min=1e-6).pow(self.gem).mean((2, 3)).pow(1.0 / self.gem)
+            return gem, self.net._fc(pooled)
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
         net = EfficientNet.from_pretrained(spec.architecture, weights_path=str(weights)).eval()
@@ -50,12 +58,13 @@ def export_onnx(spec: ModelSpec, target: Path) -> Path:
     try:
         with torch.no_grad():
             torch.onnx.export(
-                Features(net),
+                Features(net, spec.gem),
                 (dummy,),
                 tmp,
                 input_names=["pixels"],
                 output_names=["embedding", "logits"],
-                dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={"pixels": {0: "batch", 2: "height", 3: "width"} if spec.resize == "longer"
+                              else {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )

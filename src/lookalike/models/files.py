@@ -37,8 +37,14 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("lookalike"))
 
 
+def _graph_name(spec: ModelSpec) -> str:
+    """A registry model's cached graphs are named by its descriptor version too (v1 kept its old names)."""
+    version = "" if spec.version == 1 else f"-d{spec.version}"
+    return f"{spec.name}{version}.v{EXPORT_VERSION}"
+
+
 def exported_path(spec: ModelSpec) -> Path:
-    return cache_dir() / "models" / f"{spec.name}.v{EXPORT_VERSION}.fp32.onnx"
+    return cache_dir() / "models" / f"{_graph_name(spec)}.fp32.onnx"
 
 
 def int8_path(spec: ModelSpec) -> Path:
@@ -47,7 +53,7 @@ def int8_path(spec: ModelSpec) -> Path:
         key = hashlib.sha256(f"{spec.sha256} {spec.mean} {spec.std}".encode()).hexdigest()[:12]
         name = f"{spec.name}-{key}"
     else:
-        name = f"{spec.name}.v{EXPORT_VERSION}"
+        name = _graph_name(spec)
     return cache_dir() / "models" / f"{name}.int8c{CALIBRATION_VERSION}.onnx"
 
 
@@ -139,12 +145,13 @@ def _int8_file(spec: ModelSpec, steps: Steps | None = None) -> Path:
                                "pip install 'lookalike[export]', or use --precision fp32") from None
     from lookalike.models.quantize import quantize_model
 
-    # Calibrated at the graph's own input size, or 224 for a graph that takes any size: the int8 copy then
-    # depends only on the file and its normalisation, whatever --input-size a user picks.
+    # Calibrated at the graph's own input size; for a graph that takes any size, at a registry model's own
+    # size, else 224: the int8 copy of a user's file then depends only on the file and its normalisation,
+    # whatever --input-size a user picks.
     graph_input = onnx.load(str(fp32), load_external_data=False).graph.input[0]
     takes_pixels = graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = graph_input.type.tensor_type.shape.dim
-    size = (dims[1] if takes_pixels else dims[2]).dim_value or 224
+    size = (dims[1] if takes_pixels else dims[2]).dim_value or (spec.input_size if spec.source == "export" else 224)
 
     def feed(pixels: np.ndarray) -> np.ndarray:
         return pixels if takes_pixels else model_input(pixels, spec.mean, spec.std)

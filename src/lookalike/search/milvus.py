@@ -58,6 +58,14 @@ class MilvusSearcher:
             raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
         return Answer(scores, ids, "milvus", {"search_s": time.perf_counter() - started})
 
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Unit vectors float32 [m, d] of these indexed ids (for query expansion)."""
+        if not len(ids):
+            return np.empty((0, self.store.spec.dims), np.float32)
+        found = self.store.client.get(self.store.collection, ids=[int(i) for i in ids], output_fields=["vector"])
+        rows = {int(r["id"]): r["vector"] for r in found}
+        return np.array([rows[int(i)] for i in ids], np.float32).reshape(len(ids), self.store.spec.dims)
+
     def neighbours(self, k: int, *, ann: str | None = None, batch: int = 256):
         ids, vectors = self.store.vectors()
         for start in range(0, len(ids), batch):

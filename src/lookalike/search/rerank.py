@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import UsageError
 
 QE_NEIGHBOURS = 2
 QE_ALPHA = 3.0
@@ -29,9 +29,9 @@ class QueryExpansion:
 
     def __post_init__(self) -> None:
         if self.neighbours < 0:
-            raise LookalikeError(f"--qe takes a number of neighbours (0 turns it off), not {self.neighbours}")
+            raise UsageError(f"--qe takes a number of neighbours (0 turns it off), not {self.neighbours}")
         if self.alpha < 0:
-            raise LookalikeError(f"the query expansion's alpha must be 0 or more, not {self.alpha}")
+            raise UsageError(f"the query expansion's alpha must be 0 or more, not {self.alpha}")
 
     @property
     def on(self) -> bool:

@@ -327,6 +327,11 @@ class Searcher:
         return Answer(scores, ids, name + ", re-ranked", {"prepare_s": ready - started,
                                                         "search_s": time.perf_counter() - ready})
 
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Full unit vectors float32 [m, d] of these indexed ids (for query expansion)."""
+        self.refresh()
+        return np.asarray(self.vectors[np.searchsorted(self.ids, ids)], np.float32)
+
     def _rerank(self, queries: np.ndarray, shortlist: np.ndarray, k: int, exclude: np.ndarray | None):
         return rerank(queries, shortlist, self.row_ids, self.vectors, k, exclude)
 

@@ -78,6 +78,8 @@ class ApiError(Exception):
 
 # Ids are SQLite rowids: a larger number is no id, and must not reach SQLite (OverflowError, a 500).
 FileId = Annotated[int, PathParameter(ge=-(2**63), le=2**63 - 1, description="An image id, from a search result")]
+QeQuery = Annotated[int | None, Query(ge=0, le=20, description="α-query expansion: search again with the "
+                                     "query plus this many of its best neighbours (0: off)")]
 
 
 class Service:
@@ -184,13 +186,15 @@ class Service:
 
 
 def create_app(index_path: str, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               threads: int | None = None, steps=None) -> FastAPI:
+               threads: int | None = None, steps=None, qe: int | None = None) -> FastAPI:
     """The app for one index. With `token`, every API call needs `Authorization: Bearer TOKEN` (or
     `?token=TOKEN`, for <img> tags that cannot send headers). `steps` hears the one-off waits of the start
-    (a model's first export, an ANN index's first build; see pipeline.Steps)."""
+    (a model's first export, an ANN index's first build; see pipeline.Steps). `qe`: the α-query expansion
+    neighbours a search uses when it does not say (None: the library's default)."""
     index = Index.open(index_path, threads=threads, steps=steps)
     service = Service(index, max_upload)
     index.steps = None  # started: nothing more to tell the console
+    default_qe = qe
 
     @asynccontextmanager
     async def lifespan(_):
@@ -293,8 +297,8 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
     async def search(request: Request,
                      k: Annotated[int, Query(ge=1, le=200)] = 24,
                      metric: Metric = Metric.cosine,
-                     ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None
-                     ) -> dict:
+                     ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None,
+                     qe: QeQuery = None) -> dict:
         # The body is read here, after the token was checked, with a counter: a chunked upload (no
         # Content-Length) stops being read at the limit instead of being spooled in full first.
         try:
@@ -316,7 +320,8 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
                 raise ApiError(status, f"not a usable image: {decoded.error}")
             vector = service.batcher.embed(index.embedder.prepare(images.to_rgb(decoded.image)))
             with service.lock:
-                hits = index.search(vector, k, metric=metric.value, ann=ann.value if ann else None)
+                hits = index.search(vector, k, metric=metric.value, ann=ann.value if ann else None,
+                                    qe=qe if qe is not None else default_qe)
             return {"engine": hits.engine, "results": service.results(hits)}
 
         # A few threads at a time: hundreds of waiting requests queue on the event loop, cheaply, instead of
@@ -324,13 +329,14 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
         return await anyio.to_thread.run_sync(work, limiter=service.workers)
 
     @app.get("/similar/{file_id}", dependencies=api, summary="The neighbours of an indexed image")
-    def similar(file_id: FileId, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine) -> dict:
+    def similar(file_id: FileId, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine,
+                qe: QeQuery = None) -> dict:
         path = service.path_of(file_id)
         with service.lock:
             vector = index.vector_of(path)
             if vector is None:
                 raise ApiError(404, f"image {file_id} has no vector (it could not be read when indexed)")
-            hits = index.search(vector, k, metric=metric.value, exclude=path)
+            hits = index.search(vector, k, metric=metric.value, exclude=path, qe=qe if qe is not None else default_qe)
         return {"engine": hits.engine, "query": {"id": file_id, "path": service.relative(path)},
                 "results": service.results(hits)}
 

@@ -27,7 +27,7 @@ class EmbeddingBatcher:
         self.worker.start()
 
     def embed(self, pixels: np.ndarray, timeout: float = 60.0) -> np.ndarray:
-        """uint8 [size, size, 3] from Embedder.prepare -> its unit vector float32 [dims]."""
+        """uint8 [height, width, 3] from Embedder.prepare -> its unit vector float32 [dims]."""
         done: Future = Future()
         self.waiting.put((pixels, done))
         return done.result(timeout=timeout)
@@ -52,7 +52,7 @@ class EmbeddingBatcher:
                     break
                 batch.append(item)
             try:
-                vectors = self.embedder.embed(np.stack([pixels for pixels, _ in batch]))
+                vectors = self.embedder.embed_many([pixels for pixels, _ in batch])
             except Exception as exc:  # every waiting request learns why, none hangs
                 for _, done in batch:
                     done.set_exception(exc)
