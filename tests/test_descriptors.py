@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lookalike import Index
-from lookalike.errors import LookalikeError, ModelMismatch
+from lookalike.errors import ModelMismatch, UsageError
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import MODELS, ModelSpec, resolve_spec
 from lookalike.search.rerank import QueryExpansion
@@ -102,7 +102,7 @@ def test_the_cli_refuses_an_old_index_for_the_new_model_with_the_rebuild_command
     path = tmp_path / "old.lookalike"
     _old_index(path)
     result = run_cli("index", str(tmp_path), "--index", str(path), "--model", "efficientnet-lite0", "-q")
-    assert result.returncode == 1
+    assert result.returncode == 5  # ModelMismatch: rebuild it
     assert "rebuild with `lookalike index" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -128,7 +128,7 @@ def test_expand_weights_neighbours_by_similarity_to_the_power_alpha():
     np.testing.assert_allclose(expanded[0], expected, atol=1e-6)
     np.testing.assert_allclose(QueryExpansion(1, alpha=0.0).expand(query, neighbours, scores)[0],
                                np.array([1.0, 1.0, 0.0]) / np.sqrt(2), atol=1e-6)
-    with pytest.raises(LookalikeError, match="--qe"):
+    with pytest.raises(UsageError, match="--qe"):
         QueryExpansion(-1)
 
 
