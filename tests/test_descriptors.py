@@ -35,8 +35,8 @@ def longer_spec(any_size_model) -> ModelSpec:
 
 
 def test_input_shape_keeps_the_aspect_ratio_in_multiples_of_32():
-    spec = MODELS["efficientnet-lite0"]
-    assert spec.resize == "longer" and spec.gem == 3.0
+    spec = MODELS["efficientnet-lite0-320"]
+    assert spec.resize == "longer" and spec.gem == 3.0 and MODELS["efficientnet-lite0"].resize == "square"
     assert spec.input_shape(325, 243) == (320, 224)  # 239 rounds to 224
     assert spec.input_shape(243, 325) == (224, 320)
     assert spec.input_shape(4000, 3000) == (320, 256)  # 240 rounds to 256
@@ -77,7 +77,7 @@ def test_indexing_images_of_many_shapes_stores_each_with_its_own_vector(longer_s
 # -- descriptor versions ------------------------------------------------------------------------------------
 
 def _old_index(path) -> ModelSpec:
-    old = replace(MODELS["efficientnet-lite0"], version=1, input_size=224, resize="square", gem=0.0)
+    old = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0)
     store = Store.create(path, old)
     store.add_root("/photos/my trip")
     store.close()
@@ -91,7 +91,7 @@ def test_an_index_of_an_older_descriptor_says_in_one_line_how_to_rebuild(tmp_pat
         Index.open(path, model="efficientnet-lite0")
     message = str(caught.value)
     assert len(message.splitlines()) == 1
-    assert "v1: average pooling, 224x224 px" in message and "v2: GeM p=3, longer side 320 px" in message
+    assert "v1: average pooling, 224x224 px" in message and "v2: GeM p=3, 224x224 px" in message
     assert f"lookalike index '/photos/my trip' --index {tmp_path / 'old-v2.lookalike'}" in message
     with Index.open(path) as index:  # without --model it still opens, as what it is, and says how to rebuild
         assert index.spec.version == 1
@@ -108,7 +108,7 @@ def test_the_cli_refuses_an_old_index_for_the_new_model_with_the_rebuild_command
 
 
 def test_a_spec_stored_before_descriptor_versions_reads_as_version_1():
-    stored = replace(MODELS["efficientnet-lite0"], version=1, input_size=224, resize="square", gem=0.0)
+    stored = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0)
     data = stored.to_json()
     for key in ('"version": 1, ', '"resize": "square", ', '"gem": 0.0, '):
         assert key in data

