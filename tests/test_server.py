@@ -144,3 +144,16 @@ def test_the_token_guards_every_api_call(photo_dir, tiny_model, tmp_path):
         assert client.get(f"/thumbs/{hit['id']}").status_code == 401
         assert client.get(f"/thumbs/{hit['id']}", params={"token": "s3cret"}).status_code == 200
         assert client.get("/health").status_code == 200  # liveness stays open
+
+
+def test_query_expansion_per_request(served):
+    client, _ = served
+    query = png_bytes(picture("disc", seed=7))
+    plain = upload(client, query, k=3).json()
+    expanded = upload(client, query, k=3, qe=2).json()
+    assert "α-QE" not in plain["engine"] and expanded["engine"].endswith("α-QE 2")
+    assert all("/disc/" in r["path"] for r in expanded["results"])
+    hit = plain["results"][0]["id"]
+    similar = client.get(f"/similar/{hit}", params={"k": 2, "qe": 2}).json()
+    assert similar["engine"].endswith("α-QE 2") and hit not in [r["id"] for r in similar["results"]]
+    assert client.get(f"/similar/{hit}", params={"qe": -1}).status_code == 422
