@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import DATASETS, command, commit, machine, write_section
-from lookalike import Index
+from benchmarks.report import command, commit, machine, write_section
+from benchmarks.scale import calibrate_sigma, real_embeddings, synthesise
 from lookalike.search.annoy_index import AnnoyIndex
 from lookalike.search.base import import_faiss
 from lookalike.search.exact import ExactIndex, HalfExactIndex
@@ -44,42 +44,6 @@ K = 10
 SHORTLIST = 100
 QUERIES = 1000
 LATENCY_QUERIES = 300
-
-
-def real_embeddings(index_path: Path | None, folder: Path) -> np.ndarray:
-    if index_path is None:
-        index_path = folder / "real.lookalike"
-        with Index.open(index_path, create=True) as index:
-            index.add([DATASETS / "caltech101", DATASETS / "geological_similarity"])
-    with Index.open(index_path) as index:
-        return np.ascontiguousarray(index.vectors()[1])
-
-
-def synthesise(real: np.ndarray, n: int, rng: np.random.Generator, sigma: float, chunk: int = 100_000):
-    """n vectors drawn around the real ones (see the module docstring), in chunks."""
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        parents = real[rng.integers(0, len(real), m)]
-        steps = real[rng.integers(0, len(real), m)] - real[rng.integers(0, len(real), m)]
-        spread = rng.uniform(0.25, 1.75, (m, 1)).astype(np.float32)  # near copies to loose look-alikes
-        out = parents + sigma * spread * steps
-        yield (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-
-def calibrate_sigma(real: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """sigma such that median cos(child, parent) = median cos(real image, its nearest real neighbour)."""
-    sample = real[rng.choice(len(real), 2000, replace=False)]
-    scores = sample @ real.T
-    scores[scores > 0.9999] = -1  # the image itself
-    target = float(np.median(scores.max(axis=1)))
-    low, high = 0.0, 2.0
-    for _ in range(30):
-        sigma = (low + high) / 2
-        child = next(synthesise(real, 4000, np.random.default_rng(1), sigma))
-        parents = real[np.random.default_rng(1).integers(0, len(real), 4000)]
-        cosine = float(np.median((child * parents).sum(axis=1)))
-        low, high = (sigma, high) if cosine > target else (low, sigma)
-    return sigma, target
 
 
 def exact_truth(vectors: np.ndarray, queries: np.ndarray, chunk: int = 100_000) -> tuple[np.ndarray, float]:
