@@ -347,27 +347,20 @@ class Store(IndexStore):
     @_reads
     def files(self, ids: Iterable[int]) -> dict[int, FileInfo]:
         """id -> FileInfo (path, width, height) for these ids."""
-        out: dict[int, FileInfo] = {}
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 900):  # SQLite caps bound parameters
-            chunk = ids[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT id, path, width, height FROM files WHERE id IN ({marks})", chunk):
-                out[row[0]] = FileInfo(row[1], row[2], row[3])
-        return out
+        return {row[0]: FileInfo(row[1], row[2], row[3]) for row in self._rows_by_id("path, width, height", ids)}
 
     @_reads
     def known_ids(self, ids: Sequence[int]) -> dict[int, Known]:
         """id -> what the store remembers of that file (size, mtime, hash, status), for these ids."""
-        out: dict[int, Known] = {}
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 900):  # SQLite caps bound parameters
-            chunk = ids[start:start + 900]
+        return {row[0]: Known(*row[1:]) for row in self._rows_by_id("size, mtime_ns, sha256, status", ids)}
+
+    def _rows_by_id(self, columns: str, ids: Iterable[int]) -> Iterator[tuple]:
+        """(id, *columns) of the files with these ids, asked in chunks: SQLite caps bound parameters."""
+        wanted = [int(i) for i in ids]
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT id, size, mtime_ns, sha256, status FROM files WHERE id IN ({marks})"
-            for row in self.db.execute(sql, chunk):
-                out[row[0]] = Known(*row[1:])
-        return out
+            yield from self.db.execute(f"SELECT id, {columns} FROM files WHERE id IN ({marks})", chunk)
 
     @_reads
     def counts(self) -> dict[str, int]:
