@@ -112,3 +112,23 @@ def test_exact_search_excludes_the_query_itself_and_handles_k_beyond_n():
     assert found.shape == (1, 4) and 2 not in found[0]
     scores, found = index.search(vectors[2], 10)
     assert found.shape == (1, 5) and found[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0)
+
+
+def _open_or_create(args: tuple[str, str]) -> int:
+    from lookalike.index import Index
+
+    path, model = args
+    with Index.open(path, model=model, create=True) as index:
+        return len(index)
+
+
+def test_processes_creating_one_index_at_once_all_get_it(tmp_path, tiny_model):
+    """Two `lookalike index` runs started together on a new index: each must end up with the one index, not
+    with a half-made file swapped under it ("read-only") or a bare "index.lookalike" error."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for round_ in range(3):
+            path = str(tmp_path / f"race{round_}.lookalike")
+            assert pool.map(_open_or_create, [(path, str(tiny_model))] * 4) == [0] * 4
+            assert [p.name for p in tmp_path.iterdir() if p.name.startswith(f".race{round_}")] == []

@@ -163,7 +163,10 @@ class Index:
             # Load the model first: it fills in the dims and input size of an ONNX file, and a model that
             # cannot load must not leave an empty index behind.
             embedder = Embedder(requested or resolve_spec(None), threads=threads, steps=steps)
-            return cls(kind.create(path, embedder.spec), threads=threads, embedder=embedder, steps=steps)
+            try:
+                return cls(kind.create(path, embedder.spec), threads=threads, embedder=embedder, steps=steps)
+            except FileExistsError:
+                requested = embedder.spec  # another process made it meanwhile: open theirs, same model checks
         store = kind.open(path)
         if requested is not None and not same_model(store.spec, requested):
             stored = store.spec

@@ -32,8 +32,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from lookalike.errors import DiskFull, IndexDamaged, IndexNotFound, IndexReadOnly
-from lookalike.models.registry import ModelSpec
+from lookalike.errors import DiskFull, IndexDamaged, IndexNotFound, IndexReadOnly, ModelMismatch
+from lookalike.fileio import temporary_name
+from lookalike.models.registry import ModelSpec, same_model
 from lookalike.storage.base import FORMAT, FORMAT_VERSION, FileDetails, FileInfo, FileRecord, IndexStore, Known
 
 SCHEMA = """
@@ -138,10 +139,9 @@ class Store(IndexStore):
         """A new, empty index for `spec`; built aside and renamed into place, so a crash leaves nothing."""
         path = Path(path).expanduser()
         if path.exists():
-            raise FileExistsError(path)
+            raise FileExistsError(f"{path} exists already")
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".creating")
-        partial.unlink(missing_ok=True)
+        partial = temporary_name(path)  # its own name: two processes creating one index never share it
         db = _connect(partial)
         db.executescript(SCHEMA + CHANGE_LOG)
         with _Transaction(db):
@@ -155,8 +155,18 @@ class Store(IndexStore):
                 db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
         db.execute("PRAGMA journal_mode = DELETE")  # fold the WAL in so that one file holds everything
         db.close()
-        partial.rename(path)
-        return cls.open(path)
+        try:
+            os.link(partial, path)  # published only if nobody else did meanwhile (a rename would replace theirs)
+        except FileExistsError:
+            pass  # another process created it first: use theirs, if it is for the same model
+        finally:
+            partial.unlink(missing_ok=True)
+        store = cls.open(path)
+        if not same_model(store.spec, spec):
+            store.close()
+            raise ModelMismatch(f"{path} was just created by another process for {store.spec.name}, not {spec.name}: "
+                                "use another --index")
+        return store
 
     def close(self) -> None:
         self.db.close()
