@@ -1,4 +1,5 @@
-"""Issue 15: aspect-kept inputs, descriptor versions that say how to rebuild, and α-query expansion."""
+"""Issue 15: aspect-kept inputs, letterbox bars cut, descriptor versions and int8 recipes that say how to
+rebuild, and α-query expansion."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lookalike import Index
 from lookalike.errors import ModelMismatch, UsageError
+from lookalike.images import trim_bars
+from lookalike.models import files
 from lookalike.models.embedder import Embedder
-from lookalike.models.registry import MODELS, ModelSpec, resolve_spec
+from lookalike.models.registry import INT8_RECIPE, MODELS, ModelSpec, resolve_spec
 from lookalike.search.rerank import QueryExpansion
 from lookalike.storage.sqlite import Store
 from tests.conftest import build_tiny_model, picture, run_cli
@@ -77,7 +81,7 @@ def test_indexing_images_of_many_shapes_stores_each_with_its_own_vector(longer_s
 # -- descriptor versions ------------------------------------------------------------------------------------
 
 def _old_index(path) -> ModelSpec:
-    old = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0)
+    old = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0, trim=False, calibration=2)
     store = Store.create(path, old)
     store.add_root("/photos/my trip")
     store.close()
@@ -91,8 +95,9 @@ def test_an_index_of_an_older_descriptor_says_in_one_line_how_to_rebuild(tmp_pat
         Index.open(path, model="efficientnet-lite0")
     message = str(caught.value)
     assert len(message.splitlines()) == 1
-    assert "v1: average pooling, 224x224 px" in message and "v2: GeM p=3, 224x224 px" in message
-    assert f"lookalike index '/photos/my trip' --index {tmp_path / 'old-v2.lookalike'}" in message
+    assert "v1: average pooling, 224x224 px, int8 with 8-bit weights" in message
+    assert "v3: GeM p=3, 224x224 px, letterbox bars cut, int8 with 7-bit weights" in message
+    assert f"lookalike index '/photos/my trip' --index {tmp_path / 'old-v3.lookalike'}" in message
     with Index.open(path) as index:  # without --model it still opens, as what it is, and says how to rebuild
         assert index.spec.version == 1
         assert index.outdated() == message
@@ -108,13 +113,95 @@ def test_the_cli_refuses_an_old_index_for_the_new_model_with_the_rebuild_command
 
 
 def test_a_spec_stored_before_descriptor_versions_reads_as_version_1():
-    stored = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0)
+    stored = replace(MODELS["efficientnet-lite0"], version=1, gem=0.0, trim=False, calibration=2)
     data = stored.to_json()
-    for key in ('"version": 1, ', '"resize": "square", ', '"gem": 0.0, '):
+    for key in ('"version": 1, ', '"resize": "square", ', '"gem": 0.0, ', '"trim": false, ', '"calibration": 2, '):
         assert key in data
         data = data.replace(key, "")
     assert ModelSpec.from_json(data) == stored
     assert ModelSpec.from_json(data).fingerprint() != MODELS["efficientnet-lite0"].fingerprint()
+
+
+# -- letterbox and pillarbox bars --------------------------------------------------------------------------
+
+def _padded(image: Image.Image, size: tuple[int, int], colour=(255, 255, 255)) -> Image.Image:
+    """`image` centred on a canvas of `size` filled with `colour`, as a program letterboxes a photo."""
+    canvas = Image.new("RGB", size, colour)
+    canvas.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    return canvas
+
+
+def test_pillarbox_and_letterbox_bars_are_cut_back_to_the_picture():
+    photo = picture("noise", 1, (60, 80))  # a portrait photo...
+    cut = trim_bars(_padded(photo, (140, 80)))  # ...padded into a landscape frame with white bars
+    assert cut.size == photo.size
+    assert np.abs(np.asarray(cut, np.int16) - np.asarray(photo, np.int16)).max() == 0
+    wide = picture("noise", 2, (120, 50))
+    assert trim_bars(_padded(wide, (120, 90), (0, 0, 0))).size == wide.size  # black letterbox bars
+    assert trim_bars(wide) is wide  # nothing to cut
+
+
+def test_flat_areas_that_are_not_centred_padding_stay():
+    photo = np.asarray(picture("noise", 3, (100, 60))).copy()
+    photo[:20] = 250  # a flat white sky touching the top edge only
+    sky = Image.fromarray(photo)
+    assert trim_bars(sky).size == sky.size
+    uneven = Image.new("RGB", (100, 60), (255, 255, 255))  # bars of 10 and 40 px: not centred, not padding
+    uneven.paste(picture("noise", 4, (50, 60)), (10, 0))
+    assert trim_bars(uneven).size == uneven.size
+    dot = _padded(picture("noise", 5, (20, 20)), (100, 100))  # a small object on a big plain ground
+    assert trim_bars(dot).size == dot.size  # would keep under 40 % of a side: left as it is
+
+
+def test_with_trim_the_same_photo_padded_or_not_gives_the_same_vector(tiny_model):
+    plain = Embedder(resolve_spec(str(tiny_model)))
+    trimming = Embedder(replace(resolve_spec(str(tiny_model)), trim=True))
+    photo = picture("noise", 6, (48, 64))
+    padded = _padded(photo, (96, 64))
+    same = float(trimming.embed_images([photo])[0] @ trimming.embed_images([padded])[0])
+    before = float(plain.embed_images([photo])[0] @ plain.embed_images([padded])[0])
+    assert same > 0.999 and before < same - 0.01
+
+
+def test_the_default_models_cut_bars_and_record_it():
+    assert MODELS["efficientnet-lite0"].trim and MODELS["lite0-320"].trim
+    assert MODELS["efficientnet-lite0"].version == 3
+    untrimmed = replace(MODELS["efficientnet-lite0"], trim=False)
+    assert untrimmed.fingerprint() != MODELS["efficientnet-lite0"].fingerprint()
+
+
+# -- the int8 recipe ---------------------------------------------------------------------------------------
+
+def test_new_int8_copies_use_seven_bit_weights_that_cannot_saturate_without_vnni(tiny_model):
+    import onnx
+    from onnx import numpy_helper
+
+    spec = resolve_spec(str(tiny_model), precision="int8")
+    assert spec.calibration == INT8_RECIPE == 3
+    Embedder(spec)
+    model = onnx.load(str(files.int8_path(spec)))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights, "no int8 weights in the quantised graph"
+    # 7 bits, symmetric: the pairwise uint8 x int8 sums of VPMADDUBSW (AVX2 without VNNI), 2 x 255 x 64 =
+    # 32,640, stay within int16 (8-bit weights reach 2 x 255 x 127 and saturate)
+    assert all(w.min() >= -64 and w.max() <= 64 for w in weights)
+    assert max(int(np.abs(w).max()) for w in weights) > 32  # and the range is used, not wasted
+
+
+def test_an_int8_index_of_the_old_recipe_keeps_it_and_says_how_to_rebuild(tmp_path):
+    path = tmp_path / "recipe2.lookalike"
+    old = replace(MODELS["efficientnet-lite0"], calibration=2)
+    assert old.fingerprint() != MODELS["efficientnet-lite0"].fingerprint()
+    assert replace(old, precision="fp32").fingerprint() == replace(MODELS["efficientnet-lite0"],
+                                                                   precision="fp32").fingerprint()
+    store = Store.create(path, old)
+    store.close()
+    with pytest.raises(ModelMismatch, match=r"int8 with 8-bit weights.*rebuild with `lookalike index"):
+        Index.open(path, model="efficientnet-lite0")
+    with Index.open(path) as index:  # as built: the recipe-2 file, never vectors of another recipe
+        assert index.spec.calibration == 2
+        assert files.int8_path(index.spec).name.endswith(".int8c2.onnx")
+        assert "rebuild with" in (index.outdated() or "")
 
 
 # -- query expansion ---------------------------------------------------------------------------------------

@@ -194,6 +194,48 @@ class MemoryBudget:
                 self._changed.notify_all()
 
 
+# Letterbox and pillarbox bars (`trim_bars`): rows (or columns) whose grey levels spread less than BAR_SPREAD
+# around the frame's edge colour (within BAR_COLOUR), at both opposite edges, the two bars of about the same
+# width (BAR_BALANCE px + 2 %), leaving at least BAR_KEEP of the picture.
+BAR_SPREAD = 6.0
+BAR_COLOUR = 10.0
+BAR_BALANCE = 2
+BAR_KEEP = 0.4
+
+
+def trim_bars(image: Image.Image) -> Image.Image:
+    """`image` without the letterbox or pillarbox bars a program put around it (a portrait photo padded into a
+    landscape frame, a video still, a product shot padded to a square), else `image` itself.
+
+    Why: the model sees the bars as picture. They squeeze the content into a corner of its input, and a copy
+    of the same photo padded differently (or not at all) looks like another picture. Only padding is removed:
+    bars must be flat, of the edge colour, and centred (the same width at both opposite edges), so a sky or a
+    white wall touching one edge stays, and at least BAR_KEEP of each side is kept.
+    """
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    if grey.ndim != 2 or min(grey.shape) < 8:
+        return image
+    edge = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
+    top, bottom = _bars(grey.std(axis=1), grey.mean(axis=1), edge)
+    left, right = _bars(grey.std(axis=0), grey.mean(axis=0), edge)
+    if (top, bottom, left, right) == (0, grey.shape[0], 0, grey.shape[1]):
+        return image
+    return image.crop((left, top, right, bottom))
+
+
+def _bars(spread: np.ndarray, level: np.ndarray, edge: float) -> tuple[int, int]:
+    """One axis of `trim_bars`: the (start, end) of what lies between two balanced bars, or (0, n)."""
+    flat = (spread < BAR_SPREAD) & (np.abs(level - edge) < BAR_COLOUR)
+    n = len(flat)
+    start = int(np.argmin(flat)) if not flat.all() else n
+    end = n - int(np.argmin(flat[::-1])) if not flat.all() else n
+    before, after = start, n - end
+    if (before == 0 or after == 0 or abs(before - after) > BAR_BALANCE + 0.02 * n
+            or end - start < BAR_KEEP * n):
+        return 0, n
+    return start, end
+
+
 def _mb(nbytes: int) -> str:
     return f"{nbytes / 1e6:,.0f} MB"
 

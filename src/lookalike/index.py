@@ -114,6 +114,15 @@ def _store_kind(location: str):
     return MilvusStore if is_milvus(location) else Store
 
 
+def _older(stored: ModelSpec, current: ModelSpec) -> bool:
+    """Was `stored` made by an older version of the same registry model: its descriptor, or (both int8) its int8
+    recipe? Such an index works as built and is told how to rebuild."""
+    if stored.version != current.version:
+        return stored.version < current.version
+    both_int8 = stored.precision == current.precision == "int8"
+    return both_int8 and stored.calibration < current.calibration
+
+
 def rebuild_hint(path: str, stored: ModelSpec, current: ModelSpec, roots: list[str]) -> str:
     """One line: what an index holds, what the model is now, and the command that rebuilds it."""
     folders = " ".join(shlex.quote(root) for root in roots) or "PHOTOS_DIR"
@@ -172,7 +181,7 @@ class Index:
             stored = store.spec
             roots = store.roots()
             store.close()
-            if stored.name == requested.name and stored.version != requested.version:
+            if stored.name == requested.name and (_older(stored, requested) or _older(requested, stored)):
                 raise ModelMismatch(rebuild_hint(path, stored, requested, roots))
             if stored.name == requested.name and stored.precision != requested.precision:
                 raise ModelMismatch(f"{path} holds {stored.precision} vectors of {stored.name}, not "
@@ -190,7 +199,8 @@ class Index:
         """One line saying how to rebuild, when this index was built with an older version of a registry
         model's descriptor (it still works, with the descriptor it was built with); else None."""
         current = MODELS.get(self.spec.name)
-        if current is None or current.source == "file" or current.version <= self.spec.version:
+        if current is None or current.source == "file" or not _older(self.spec, replace(current,
+                                                                                        precision=self.spec.precision)):
             return None
         return rebuild_hint(str(self.path), self.spec, current, self.store.roots())
 

