@@ -183,7 +183,8 @@ multiplies uint8 activations by int8 weights with VPMADDUBSW, whose 16-bit pair 
 weights: the 8-bit int8 copy's vectors had a mean cosine of only 0.87 to fp32 (60 holidays_dev images; the
 earlier figures on this page came from an Intel Xeon, where they matched fp32). 7-bit weights cannot
 saturate (2 × 255 × 64 fits in 16 bits), so every x86 CPU computes the same vectors; they cost a little
-quality against fp32 (compare the rows above) and no speed.
+quality against fp32 (compare the rows above). Their speed alone was not measured: v3 (7-bit weights and
+bars cut together) against v2 is the ratio above.
 
 Tried and not used (fp32 probes with the same weights in torch, outside this script): on holidays_dev,
 letterbox bars cut and GeM 224×224 gave 82.76 %; adding the query rotated by ±90° (best score of the three)

@@ -156,14 +156,14 @@ def _lite(name: str, variant: int, input_size: int, description: str, **descript
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        # int8: holidays_dev 80.79 %, Caltech101 P@4 89.51 %; fp32 79.71 %, 89.53 % (docs/BENCHMARKS.md).
-        # v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and compute as v1, which was average
-        # pooling; indexes built with v1 keep working and are told how to rebuild.
+        # int8 (7-bit weights): holidays_dev 81.57 %, Caltech101 P@4 89.60 %; fp32: holidays_dev 82.50 %
+        # (docs/BENCHMARKS.md, on an AMD EPYC). v2 (issue 15): GeM p=3 in the graph, the same 224x224 input and
+        # compute as v1 (average pooling); v3: letterbox bars cut. Older indexes keep working, told how to rebuild.
         _lite("efficientnet-lite0", 0, 224, "EfficientNet-Lite0, ImageNet, GeM pooled; the default: fast on a CPU",
               version=3, gem=3.0, trim=True),
-        # int8: holidays_dev 82.05 %, Caltech101 P@4 89.90 % (docs/BENCHMARKS.md). The same weights and GeM, at a
-        # larger input with the aspect ratio kept: better on instance search (same place, same object), slower
-        # to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
+        # int8 (7-bit weights): holidays_dev 83.45 % (docs/BENCHMARKS.md; Caltech101 not measured for v3). The
+        # same weights and GeM, at a larger input with the aspect ratio kept: better on instance search (same
+        # place, same object), slower to index (about 1.4x the pixels of 224x224 for a 4:3 photo).
         _lite("lite0-320", 0, 320, "EfficientNet-Lite0, GeM, longer side 320 px, aspect kept: best quality, slower",
               version=3, resize="longer", gem=3.0, trim=True),
         # Lite1 and Lite2: int8 by analogy with Lite0; their int8 quality was not measured.
