@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import multiprocessing
+import re
 import time
 from pathlib import Path
 
@@ -331,3 +332,57 @@ def test_cache_files_get_the_permissions_the_umask_gives_so_another_user_can_rea
     assert len(made) >= 5
     assert all(stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044 for p in made), \
         {p.name: oct(p.stat().st_mode) for p in made}
+
+
+def test_a_graph_saved_with_other_build_parameters_is_built_again(tmp_path, spec, monkeypatch):
+    import lookalike.search.hnsw as hnsw_module
+
+    x = clustered(600, DIMS, seed=20)
+    store = make_store(tmp_path / "graph.lookalike", spec, x)
+    settings = SearchSettings(ann="hnsw")
+    monkeypatch.setattr(hnsw_module, "GRAPH", {**hnsw_module.GRAPH, "storage": "flat"})  # an older release's graph
+    Searcher(store, settings).engine("hnsw", save=True)
+    assert manifest_of(store)["engines"]["hnsw"]["stamp"]["build"]["storage"] == "flat"
+    monkeypatch.undo()
+    engine = Searcher(store, settings).engine("hnsw")
+    assert engine.defaults()["storage"] == "sq8" and not isinstance(engine.index, faiss_module().IndexHNSWFlat)
+    assert manifest_of(store)["engines"]["hnsw"]["stamp"]["build"] == engine.defaults()
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
+
+
+def _mapped_kb(path: Path) -> int:
+    """kB of this file's pages mapped into this process (the file's share of RSS), from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header: addresses, ..., path
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_reranking_reads_keep_the_vectors_file_out_of_rss(tmp_path):
+    from lookalike.search.cache import RowReader
+
+    rows, dims = 16_000, 1280  # 82 MB
+    path = tmp_path / "vectors.f32"
+    matrix = np.memmap(path, dtype="<f4", mode="w+", shape=(rows, dims))
+    matrix[:] = np.random.default_rng(0).standard_normal((rows, dims), dtype=np.float32)
+    matrix.flush()
+    del matrix
+    mapped = np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims))
+    picks = [np.sort(np.random.default_rng(seed).choice(rows, 200, replace=False)) for seed in range(60)]
+    plain = [np.asarray(mapped[p]) for p in picks]  # as re-ranking read them before
+    plain_kb = _mapped_kb(path)
+    del mapped
+    reader = RowReader(np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims)), cap=8 << 20)
+    assert all(np.array_equal(reader.rows(p), want) for p, want in zip(picks, plain, strict=True))
+    reader_kb = _mapped_kb(path)
+    assert plain_kb > 40_000  # fault-around mapped most of the file
+    assert reader_kb < 8 * 1024 + 2 * 1024 * 2  # the cap plus a query's pages, whatever the reads were

@@ -25,7 +25,7 @@ import numpy as np
 
 from lookalike.errors import EmptyIndex, UsageError
 from lookalike.search.base import NeedsRebuild
-from lookalike.search.cache import SearchCache, Vectors, release
+from lookalike.search.cache import RowReader, SearchCache, Vectors, release
 from lookalike.search.exact import ExactIndex
 from lookalike.search.options import ENGINES
 from lookalike.search.pca import Projection
@@ -149,6 +149,7 @@ class Searcher:
         self._engine_generation: dict[str, int] = {}
         self._unsaved: dict[str, int] = {}
         self._exact_space: ExactIndex | None = None
+        self._reader: RowReader | None = None  # re-ranking's reads of the full vectors
         self.steps: Steps | None = None  # told when an engine is built, the one wait that is long
 
     @property
@@ -174,6 +175,7 @@ class Searcher:
         self.data = self.cache.vectors()
         self._generation = self.data.generation
         self._exact_space = None
+        self._reader = None
         previous = self._projection_sum
         self.projection = self._projection()
         if self._projection_sum != previous:
@@ -231,7 +233,7 @@ class Searcher:
             return self._exact_space
         engine = self._engines.get(kind)
         if engine is None:
-            engine = self.cache.load_engine(kind, self._engine_stamp(), _engine_class(kind).load)
+            engine = self.cache.load_engine(kind, self._engine_stamp(kind), _engine_class(kind).load)
             self._unsaved[kind] = 0
         if engine is None:
             engine = self._build_engine(kind, say)
@@ -254,9 +256,13 @@ class Searcher:
         if len(self.ids) <= ALWAYS_SAVE or unsaved >= threshold:
             self._save_engine(kind, engine)
 
-    def _engine_stamp(self) -> dict:
-        return {"pca": self.projection.dims if self.projection is not None else 0, "whiten": self.settings.whiten,
-                "projection": self._projection_sum}
+    def _engine_stamp(self, kind: str) -> dict:
+        """What a saved engine must have been built with to be used: the space it searches, and for an engine
+        with build parameters (HNSW) those, so that a release that changes them builds the engine again."""
+        stamp = {"pca": self.projection.dims if self.projection is not None else 0, "whiten": self.settings.whiten,
+                 "projection": self._projection_sum}
+        defaults = getattr(_engine_class(kind), "defaults", None)
+        return {**stamp, "build": defaults()} if defaults is not None else stamp
 
     def _build_engine(self, kind: str, say: Callable[[str], None] | None = None):
         n = len(self.ids)
@@ -294,7 +300,7 @@ class Searcher:
         return engine
 
     def _save_engine(self, kind: str, engine) -> None:
-        if self.cache.save_engine(kind, self._engine_stamp(), engine):
+        if self.cache.save_engine(kind, self._engine_stamp(kind), engine):
             self._unsaved[kind] = 0
 
     # -- answering --------------------------------------------------------------------------------
@@ -333,7 +339,9 @@ class Searcher:
         return np.asarray(self.vectors[np.searchsorted(self.ids, ids)], np.float32)
 
     def _rerank(self, queries: np.ndarray, shortlist: np.ndarray, k: int, exclude: np.ndarray | None):
-        return rerank(queries, shortlist, self.row_ids, self.vectors, k, exclude)
+        if self._reader is None:
+            self._reader = RowReader(self.vectors)
+        return rerank(queries, shortlist, self.row_ids, self._reader.rows, k, exclude)
 
     def neighbours(self, k: int, *, ann: str | None = None, batch: int = 1024):
         """Every indexed image's k nearest others, in batches: yields (ids int64 [b], neighbour ids int64
@@ -359,20 +367,23 @@ class Searcher:
         return facts
 
 
-def rerank(queries: np.ndarray, shortlist: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
+def rerank(queries: np.ndarray, shortlist: np.ndarray, ids: np.ndarray,
+           vectors: np.ndarray | Callable[[np.ndarray], np.ndarray], k: int,
            exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Order each query's candidate ids (int64 [m, c], -1 for none) by exact cosine on the full vectors
-    (float32 [n, d], ids int64 [n] ascending; a memory map is fine: only the candidates' rows are read) and
-    keep the k best: (float32 [m, k], int64 [m, k])."""
+    (float32 [n, d], ids int64 [n] ascending; a memory map is fine: only the candidates' rows are read; or a
+    function from ascending row positions to those rows, as `RowReader.rows`) and keep the k best:
+    (float32 [m, k], int64 [m, k])."""
+    read = vectors if callable(vectors) else (lambda rows: np.asarray(vectors[rows]))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_ids = np.full((len(queries), k), -1, np.int64)
     for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
         candidates = candidates[candidates >= 0]
         if exclude is not None:
             candidates = candidates[candidates != exclude[row]]
-        rows = np.searchsorted(ids, candidates)
-        exact = np.asarray(vectors[np.sort(rows)]) @ query  # sorted rows: sequential reads from a memory map
-        candidates = ids[np.sort(rows)]
+        rows = np.sort(np.searchsorted(ids, candidates))  # sorted rows: reads in file order
+        exact = read(rows) @ query
+        candidates = ids[rows]
         order = np.argsort(-exact, kind="stable")[:k]
         out_scores[row, : len(order)] = exact[order]
         out_ids[row, : len(order)] = candidates[order]
