@@ -107,6 +107,8 @@ def test_auto_explains_its_choice():
     assert choose(500_000, 1280, SearchSettings()).engine == "hnsw"
     tight = choose(500_000, 1280, SearchSettings(memory_budget=200_000_000))
     assert tight.engine == "ivfpq" and "over the 200 MB budget" in tight.reason
+    # the 8-bit graph over PCA-256 holds ~550 B per vector: a million fit a 1 GB budget (float32: 1.3 KB, no)
+    assert choose(1_000_000, 1280, SearchSettings(memory_budget=1_000_000_000)).engine == "hnsw"
     assert choose(10, 8, SearchSettings(ann="annoy")).reason == "chosen with --ann"
     with pytest.raises(Exception, match="--ann must be one of"):
         SearchSettings(ann="scann")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 EXACT_LIMIT = 50_000  # above this, auto prefers HNSW: one exact query passes ~5 ms at 1280 dims
 AUTO_PCA = 256  # auto's HNSW searches in this many PCA dims above EXACT_LIMIT
 HNSW_LINK_BYTES = 290  # per vector in faiss HNSW32: 64 level-0 links of 4 B, upper levels, the id map
+HNSW_DIM_BYTES = 1  # per dimension in the default 8-bit graph (hnsw.GRAPH); float32 would be 4
 PCA_SAMPLE = 100_000  # PCA is fitted on at most this many vectors
 SAVE_SHARE = 0.01  # a search saves an updated engine once the changes not yet saved reach this share...
 PREPARE_SAVE = 1000  # ...`lookalike index` once they reach this many...
@@ -83,7 +84,8 @@ def choose(n: int, dims: int, settings: SearchSettings) -> Choice:
 
     Above EXACT_LIMIT, auto builds HNSW over the vectors projected to AUTO_PCA dims (unless --pca says
     otherwise) and re-ranks on the full ones: at a million vectors a graph over the full 1280 dims takes
-    hours to build on two cores and 6 GB of RAM, one over 256 dims minutes and 1.3 GB (docs/BENCHMARKS.md)."""
+    hours to build on two cores and 6 GB of RAM, one over 256 dims (8-bit) about half an hour under load and
+    0.6 GB (docs/BENCHMARKS.md)."""
     if settings.ann != "auto":
         return Choice(settings.ann, "chosen with --ann", settings.pca)
     space = settings.pca or dims
@@ -96,7 +98,7 @@ def choose(n: int, dims: int, settings: SearchSettings) -> Choice:
         return Choice("exact", f"{n:,} vectors: one exact matrix product is fast enough and never wrong",
                       settings.pca)
     pca = settings.pca or (AUTO_PCA if dims > AUTO_PCA else 0)
-    graph = n * ((pca or dims) * 4 + HNSW_LINK_BYTES)
+    graph = n * ((pca or dims) * HNSW_DIM_BYTES + HNSW_LINK_BYTES)
     if budget is not None and graph > budget:
         return Choice("ivfpq", f"{n:,} vectors take {graph / 1e6:,.0f} MB in an HNSW graph, over the "
                                f"{budget / 1e6:,.0f} MB budget: IVF-PQ keeps ~{_pq_bytes(space)} bytes each "
