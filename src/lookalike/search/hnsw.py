@@ -1,4 +1,4 @@
-"""faiss HNSW: a graph index that answers in about a millisecond at a million vectors (docs/BENCHMARKS.md).
+"""faiss HNSW: a graph index whose queries cost milliseconds at a million vectors (docs/BENCHMARKS.md).
 
 Inner product on unit vectors is the cosine similarity. HNSW graphs grow in place, but cannot drop a node:
 removed vectors become tombstones, skipped at search time with an id selector, and the Searcher rebuilds

@@ -104,7 +104,7 @@ def choose(n: int, dims: int, settings: SearchSettings) -> Choice:
                                f"{budget / 1e6:,.0f} MB budget: IVF-PQ keeps ~{_pq_bytes(space)} bytes each "
                                "in RAM and re-ranks from the vectors on disk", settings.pca)
     where = f" over PCA-{pca}" if pca else ""
-    return Choice("hnsw", f"{n:,} vectors: HNSW{where} answers in about a millisecond where an exact scan takes "
+    return Choice("hnsw", f"{n:,} vectors: HNSW{where} answers in milliseconds where an exact scan takes "
                           f"~{n * dims * 4 / 4e9 * 1000:.0f} ms", pca)
 
 
