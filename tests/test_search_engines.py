@@ -129,6 +129,39 @@ def test_every_engine_answers_like_exact_search_after_re_ranking(tmp_path, tiny_
     np.testing.assert_allclose(answer.scores[both], exact.scores[both], atol=1e-5)  # exact scores, re-ranked
 
 
+def test_rerank_orders_each_shortlist_by_exact_cosine_leaving_out_gaps_and_the_query_itself():
+    x = clustered(300, 16, seed=2)
+    ids = np.arange(300, dtype=np.int64) * 5 + 1
+    rng = np.random.default_rng(0)
+    shortlist = np.stack([rng.choice(ids[30:], 12, replace=False) for _ in range(30)])
+    shortlist[:, -3:] = -1  # fewer candidates than asked
+    shortlist[:, 0] = ids[:30]  # each query's own id, excluded below
+    scores, found = rerank(x[:30], shortlist, ids, x, 10, exclude=ids[:30])
+    for row in range(30):
+        candidates = [c for c in shortlist[row] if c >= 0 and c != ids[row]]
+        exact = sorted(((float(x[(c - 1) // 5] @ x[row]), c) for c in candidates), reverse=True)
+        assert found[row, :8].tolist() == [c for _, c in exact]
+        np.testing.assert_allclose(scores[row, :8], [s for s, _ in exact], atol=1e-5)
+        assert found[row, 8:].tolist() == [-1, -1] and np.isneginf(scores[row, 8:]).all()
+
+
+def test_bulk_neighbours_with_a_short_shortlist_still_find_the_close_ones(tmp_path, tiny_spec):
+    """Duplicate candidates ask HNSW for 2 k per image, walking the graph only that broadly: the close
+    neighbours (near copies) are still found."""
+    x = clustered(3000, 32, seed=5)
+    copies = x[:300] + 0.02 * np.random.default_rng(1).normal(size=(300, 32)).astype(np.float32)
+    x = np.vstack([x, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    store = store_with(tmp_path, x, tiny_spec)
+    searcher = Searcher(store, SearchSettings(ann="hnsw"))
+    found = {}
+    for ids, neighbours, scores in searcher.neighbours(10, shortlist=20):
+        assert neighbours.shape == (len(ids), 10) and (scores[:, :-1] >= scores[:, 1:]).all()
+        found.update(zip(ids.tolist(), neighbours[:, 0].tolist(), strict=True))
+    row_ids = searcher.row_ids
+    pairs = [(int(row_ids[i]), int(row_ids[3000 + i])) for i in range(300)]
+    assert sum(found[a] == b for a, b in pairs) >= 297  # each original's nearest is its copy
+
+
 def test_engines_follow_the_store_through_adds_removes_and_reopening(tmp_path, tiny_spec):
     x = clustered(1500, 32, seed=5)
     store = store_with(tmp_path, x[:1200], tiny_spec)

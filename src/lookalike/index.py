@@ -346,10 +346,12 @@ class Index:
         folder = getattr(self.searcher, "folder", None)
         return Path(folder) if folder is not None else None
 
-    def neighbour_ids(self, k: int = 10, *, ann: str | None = None, batch: int = 1024):
+    def neighbour_ids(self, k: int = 10, *, ann: str | None = None, batch: int = 1024,
+                      shortlist: int | None = None):
         """Every indexed image's k nearest others as arrays, a batch at a time: yields (ids int64 [b],
-        neighbour ids int64 [b, k] (-1 for none), cosine float32 [b, k]). Never an n x n matrix."""
-        yield from self.searcher.neighbours(k, ann=ann, batch=batch)
+        neighbour ids int64 [b, k] (-1 for none), cosine float32 [b, k]). Never an n x n matrix.
+        `shortlist`: with an approximate engine, how many it proposes per image (see Searcher.search)."""
+        yield from self.searcher.neighbours(k, ann=ann, batch=batch, shortlist=shortlist)
 
     def embed(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """One image (a path or a PIL image) -> its unit vector, float32 [dims]."""

@@ -20,7 +20,7 @@ import numpy as np
 from lookalike import images
 from lookalike.dupes import verify
 
-VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v2"
+VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v3"
 # Verdicts also depend on every threshold: a change of any of them forgets the verdicts (not the features).
 VERDICTS = "-".join(str(getattr(verify, name)) for name in sorted(dir(verify)) if name.isupper()) + "-v1"
 
@@ -57,7 +57,7 @@ class FeatureCache:
         try:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             db.execute("CREATE TABLE IF NOT EXISTS features (id INTEGER PRIMARY KEY, data BLOB)")
-            db.execute("CREATE TABLE IF NOT EXISTS verdicts (a INTEGER, b INTEGER, evidence TEXT, "
+            db.execute("CREATE TABLE IF NOT EXISTS verdicts (a INTEGER, b INTEGER, same INTEGER, evidence TEXT, "
                        "PRIMARY KEY (a, b))")
             for key, value, tables in (("version", VERSION, ("features", "verdicts")),
                                        ("verdicts", VERDICTS, ("verdicts",))):
@@ -84,7 +84,7 @@ class FeatureCache:
         return found
 
     def verdict(self, a: int, b: int) -> verify.Evidence | None:
-        """The evidence of an earlier check of this pair (ids never change meaning), or None."""
+        """The evidence of an earlier check of one pair (a < b), or None."""
         if self.db is None:
             return None
         try:
@@ -92,6 +92,24 @@ class FeatureCache:
             return None if row is None else verify.Evidence(**json.loads(row[0]))
         except Exception:  # a damaged row: check again
             return None
+
+    def verdicts(self, pairs: np.ndarray) -> dict[tuple[int, int], verify.Evidence]:
+        """The evidence of earlier checks of these pairs (int64 [p, 2], a < b; ids never change meaning), in
+        one pass over the table: refusals come back as a bare "not the same" (their numbers are not read),
+        acceptances with their evidence (the report shows it)."""
+        if self.db is None or len(pairs) == 0:
+            return {}
+        try:
+            rows = np.array(self.db.execute("SELECT a, b, same FROM verdicts").fetchall(), np.int64).reshape(-1, 3)
+        except sqlite3.Error:  # a damaged table: check again
+            return {}
+        found = rows[np.isin(pair_keys(rows[:, :2]), pair_keys(pairs))]
+        known: dict[tuple[int, int], verify.Evidence] = {}
+        for a, b, same in found.tolist():
+            evidence = self.verdict(a, b) if same else verify.Evidence(False, "checked before: not the same photo")
+            if evidence is not None:
+                known[(a, b)] = evidence
+        return known
 
     def remember(self, a: int, b: int, evidence: verify.Evidence) -> None:
         self.new_verdicts[(a, b)] = evidence
@@ -113,8 +131,9 @@ class FeatureCache:
             with self.db:
                 self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)",
                                     [(i, _encode(f)) for i, f in self.new.items()])
-                self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)",
-                                    [(a, b, json.dumps(e.as_dict())) for (a, b), e in self.new_verdicts.items()])
+                self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                                    [(a, b, int(e.same), json.dumps(e.as_dict()))
+                                     for (a, b), e in self.new_verdicts.items()])
                 if keep_ids is not None:
                     self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (id INTEGER PRIMARY KEY)")
                     self.db.execute("DELETE FROM keep")
@@ -128,6 +147,15 @@ class FeatureCache:
     def close(self) -> None:
         if self.db is not None:
             self.db.close()
+
+
+def pair_keys(pairs: np.ndarray) -> np.ndarray:
+    """One int64 per id pair [p, 2], so that sets of pairs are compared with NumPy (np.isin, np.unique).
+    Exact for ids below 2**31 (SQLite row ids of files: two billion files indexed)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= 1 << 31):
+        raise ValueError("file ids outside 0 .. 2**31 cannot be paired into one int64")
+    return (pairs[:, 0] << 31) | pairs[:, 1]
 
 
 def compute(path: str) -> verify.Features | None:

@@ -86,13 +86,16 @@ class HNSWIndex:
 
             raise NeedsRebuild(f"{int(self.dead.sum())} of {len(self.ids)} HNSW nodes are tombstones")
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`ef_search` for this call only (per-call parameters: safe with other threads searching)."""
         faiss = import_faiss()
         queries = as_queries(queries, self.dims)
         params = None
         if self.dead.any():
             skip = faiss.IDSelectorBatch(np.flatnonzero(self.dead).astype(np.int64))
-            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(skip), efSearch=self.ef_search)
+            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(skip), efSearch=ef_search or self.ef_search)
+        elif ef_search is not None:
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)
         scores, positions = self.index.search(queries, k, params=params)
         return faiss_answer(scores, positions, self.ids)
 

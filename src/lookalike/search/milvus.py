@@ -66,7 +66,8 @@ class MilvusSearcher:
         rows = {int(r["id"]): r["vector"] for r in found}
         return np.array([rows[int(i)] for i in ids], np.float32).reshape(len(ids), self.store.spec.dims)
 
-    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 256):
+    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 256, shortlist: int | None = None):
+        """As Searcher.neighbours; Milvus sizes its own candidate lists, so `shortlist` is not used."""
         ids, vectors = self.store.vectors()
         for start in range(0, len(ids), batch):
             answer = self.search(vectors[start:start + batch], k, ann=ann, exclude=ids[start:start + batch])

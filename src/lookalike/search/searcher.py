@@ -26,7 +26,7 @@ import numpy as np
 from lookalike.errors import EmptyIndex, UsageError
 from lookalike.search.base import NeedsRebuild
 from lookalike.search.cache import RowReader, SearchCache, Vectors, release
-from lookalike.search.exact import ExactIndex
+from lookalike.search.exact import ExactIndex, top_k
 from lookalike.search.options import ENGINES
 from lookalike.search.pca import Projection
 from lookalike.storage.sqlite import Store
@@ -42,6 +42,7 @@ PCA_SAMPLE = 100_000  # PCA is fitted on at most this many vectors
 SAVE_SHARE = 0.01  # a search saves an updated engine once the changes not yet saved reach this share...
 PREPARE_SAVE = 1000  # ...`lookalike index` once they reach this many...
 ALWAYS_SAVE = 100_000  # ...and both always, up to this many vectors (saving is cheap there)
+RERANK_ROWS = 16_384  # candidate rows re-ranked at once (16k x 1280 dims x 4 B = 84 MB)
 ANNOUNCE_BUILD = 10_000  # a build inside a search says so (through the logger) from this many vectors
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,11 @@ class Searcher:
         return choose(len(self.ids), self.vectors.shape[1], settings)
 
     def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
-               exclude: np.ndarray | None = None) -> Answer:
-        """Unit vectors float32 [m, d] -> the k best of the collection for each, by cosine similarity."""
+               exclude: np.ndarray | None = None, shortlist: int | None = None) -> Answer:
+        """Unit vectors float32 [m, d] -> the k best of the collection for each, by cosine similarity.
+        `shortlist`: how many an approximate engine proposes for re-ranking (default: the settings' rerank,
+        at least 4 k), and for HNSW also how broadly it walks the graph: a bulk caller that wants only close
+        neighbours (duplicate candidates) trades a little recall of far ones for several times the speed."""
         self.refresh()
         if len(self.ids) == 0:
             raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
@@ -328,9 +332,11 @@ class Searcher:
             return Answer(scores, ids, "exact", {"search_s": time.perf_counter() - started})
         engine = self.engine(choice.engine)
         ready = time.perf_counter()
-        wanted = max(self.settings.rerank, 4 * k) + (1 if exclude is not None else 0)
-        _, shortlist = engine.search(self.space(queries), min(wanted, len(self.ids)))
-        scores, ids = self._rerank(queries, shortlist, k, exclude)
+        wanted = (shortlist or max(self.settings.rerank, 4 * k)) + (1 if exclude is not None else 0)
+        wanted = min(wanted, len(self.ids))
+        breadth = {"ef_search": wanted} if shortlist and getattr(engine, "kind", "") == "hnsw" else {}
+        _, proposed = engine.search(self.space(queries), wanted, **breadth)
+        scores, ids = self._rerank(queries, proposed, k, exclude)
         name = choice.engine + (f" on PCA-{self.projection.dims}" if projected and self.projection else "")
         return Answer(scores, ids, name + ", re-ranked", {"prepare_s": ready - started,
                                                         "search_s": time.perf_counter() - ready})
@@ -345,15 +351,16 @@ class Searcher:
             self._reader = RowReader(self.vectors)
         return rerank(queries, shortlist, self.row_ids, self._reader.rows, k, exclude)
 
-    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 1024):
+    def neighbours(self, k: int, *, ann: str | None = None, batch: int = 1024, shortlist: int | None = None):
         """Every indexed image's k nearest others, in batches: yields (ids int64 [b], neighbour ids int64
-        [b, k], scores float32 [b, k]). Memory stays at one batch of scores, never n x n."""
+        [b, k], scores float32 [b, k]). Memory stays at one batch of scores, never n x n. `shortlist`: as in
+        `search`."""
         self.refresh()
         alive = self.data.alive
         for start in range(0, len(alive), batch):
             rows = alive[start:start + batch]
             ids = self.row_ids[rows]
-            answer = self.search(np.asarray(self.vectors[rows]), k, ann=ann, exclude=ids)
+            answer = self.search(np.asarray(self.vectors[rows]), k, ann=ann, exclude=ids, shortlist=shortlist)
             yield ids, answer.ids, answer.scores
 
     def describe(self) -> dict:
@@ -375,20 +382,31 @@ def rerank(queries: np.ndarray, shortlist: np.ndarray, ids: np.ndarray,
     """Order each query's candidate ids (int64 [m, c], -1 for none) by exact cosine on the full vectors
     (float32 [n, d], ids int64 [n] ascending; a memory map is fine: only the candidates' rows are read; or a
     function from ascending row positions to those rows, as `RowReader.rows`) and keep the k best:
-    (float32 [m, k], int64 [m, k])."""
+    (float32 [m, k], int64 [m, k]). Vectorised over RERANK_ROWS candidate rows at a time (a Python loop per
+    query cost more than the engine's search for bulk callers)."""
     read = vectors if callable(vectors) else (lambda rows: np.asarray(vectors[rows]))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_ids = np.full((len(queries), k), -1, np.int64)
-    for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
-        candidates = candidates[candidates >= 0]
+    m, c = shortlist.shape
+    if m == 0 or c == 0 or len(ids) == 0:
+        return out_scores, out_ids
+    step = max(1, RERANK_ROWS // c)
+    for start in range(0, m, step):
+        block = shortlist[start:start + step]
+        valid = block >= 0
         if exclude is not None:
-            candidates = candidates[candidates != exclude[row]]
-        rows = np.sort(np.searchsorted(ids, candidates))  # sorted rows: reads in file order
-        exact = read(rows) @ query
-        candidates = ids[rows]
-        order = np.argsort(-exact, kind="stable")[:k]
-        out_scores[row, : len(order)] = exact[order]
-        out_ids[row, : len(order)] = candidates[order]
+            valid &= block != np.asarray(exclude)[start:start + step, None]
+        rows = np.searchsorted(ids, np.where(valid, block, ids[0]))
+        wanted = np.unique(rows[valid])  # sorted rows: sequential reads from a memory map
+        held = np.asarray(read(wanted), np.float32)
+        where = np.searchsorted(wanted, rows)
+        where[~valid] = 0
+        exact = np.einsum("mcd,md->mc", held[where], np.asarray(queries[start:start + step], np.float32))
+        exact[~valid] = -np.inf
+        top, top_scores = top_k(exact, k)
+        found = np.take_along_axis(np.where(valid, block, -1), top, axis=1)
+        out_scores[start:start + step, : top.shape[1]] = top_scores
+        out_ids[start:start + step, : top.shape[1]] = np.where(np.isfinite(top_scores), found, -1)
     return out_scores, out_ids
 
 
