@@ -166,6 +166,46 @@ def test_verification_refuses_another_shot_and_another_photo():
     assert not other.same
     far = verify.compare(original, features_of(scene(12).crop((0, 0, 90, 70))))  # 15 % of the picture
     assert not far.same
+    zoomed = verify.compare(original, features_of(scene(12).crop((40, 30, 200, 150))))  # a 1.5x zoom: 44 %
+    assert not zoomed.same and "overlap" in zoomed.reason, zoomed  # (holidays 114400/114401: 1.8x, ~30 %)
+
+
+def test_verification_accepts_a_bar_covering_part_of_the_picture():
+    """The caption-bar edit (recall 0.49): the bar's strong edges dragged the whole overlap's gradient
+    correlation under its threshold, though the rest of the picture agreed. Covered cells are left out of it."""
+    original = scene(11)
+    barred = original.copy()
+    band = int(original.height * 0.18)
+    draw = ImageDraw.Draw(barred)
+    draw.rectangle((0, original.height - band, original.width, original.height), fill=(20, 20, 20))
+    draw.text((6, original.height - band + 2), "Summer 2003, with love", fill=(240, 240, 200))
+    evidence = verify.compare(features_of(original), features_of(barred))
+    assert evidence.gradient_correlation < verify.MIN_GRADIENT_CORRELATION  # the whole overlap's, as before
+    assert evidence.same, evidence
+
+
+def reshot(image: Image.Image, bend: float, seed: int) -> Image.Image:
+    """Another shot from a step aside: the view bends (a perspective warp moving the corners up to `bend`
+    pixels) and the sensor noise is new."""
+    import cv2
+
+    pixels = np.asarray(image)
+    h, w = pixels.shape[:2]
+    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    moved = corners + np.float32([[1, 0.5], [-0.3, 0], [0, -0.2], [0.6, -0.4]]) * bend
+    warped = cv2.warpPerspective(pixels, cv2.getPerspectiveTransform(corners, moved), (w, h),
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    noise = np.random.default_rng(seed).normal(0, 6, warped.shape)
+    return Image.fromarray(np.clip(warped + noise, 0, 255).astype(np.uint8))
+
+
+def test_verification_refuses_a_re_shot_whose_view_bends_though_its_coarse_pixels_agree():
+    """holidays_dev's close re-shots (104800/104801): aligned and blurred they agree, but the matched points
+    bend (perspective) and the fine detail differs. The coarse check alone accepted this one."""
+    original = scene(21)
+    evidence = verify.compare(features_of(original), features_of(reshot(original, 10, seed=1)))
+    assert evidence.cells_agreeing >= verify.MIN_CELLS_AGREEING  # what the coarse check saw
+    assert not evidence.same and "another point" in evidence.reason, evidence
 
 
 # -- clusters --------------------------------------------------------------------------------------------
@@ -208,6 +248,19 @@ def test_the_keep_rule_prefers_the_camera_original():
     assert keep is two and "GIMP" in reason
     keep, reason = choose([one, two], {1: Facts(pixels=100), 2: Facts(pixels=400)})
     assert keep is two and reason.startswith("most pixels")
+
+
+def test_a_linked_crop_is_not_kept_over_its_larger_original_but_a_link_wins_among_equals():
+    """The bug (Caltech's Faces_easy, linked in: crops of Faces photos): the linked crop was kept and the larger
+    original named the duplicate to move. A link only decides between otherwise equal copies."""
+    original, linked_crop = member(1), member(2)
+    keep, _ = choose([original, linked_crop], {1: Facts(pixels=400, format="JPEG", quality=80, mtime_ns=5),
+                                               2: Facts(pixels=100, format="JPEG", quality=80, mtime_ns=1,
+                                                        linked=True)})
+    assert keep is original
+    keep, reason = choose([original, linked_crop], {1: Facts(pixels=400, format="JPEG", mtime_ns=1),
+                                                    2: Facts(pixels=400, format="JPEG", mtime_ns=5, linked=True)})
+    assert keep is linked_crop and "link" in reason
 
 
 def test_a_resaved_edit_at_higher_quality_does_not_beat_its_older_original(tmp_path):

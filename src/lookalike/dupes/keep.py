@@ -3,7 +3,6 @@
 An edit is newer, smaller or lossier than what it was made from, and an editor leaves its name behind; so,
 in order (the first rule that tells two files apart decides):
 
-0. a file that a link points at stays where it is (moving it would break the link);
 1. camera data: EXIF Make or Model present (a web re-encode strips them);
 2. not edited: no Software tag written after the photo was taken (EXIF DateTime later than
    DateTimeOriginal, or a Software tag with no capture date at all);
@@ -11,7 +10,10 @@ in order (the first rule that tells two files apart decides):
 4. not lossy: a JPEG saved at estimated quality below LOW_QUALITY (from its quantisation tables) loses;
 5. the native format: where the group holds a JPEG, a PNG or WebP of the same picture is a re-encode, not
    an improvement, even though PNG is lossless;
-6. the oldest modification time (copies are made after their original).
+6. a file that a link points at (or that is one): it cannot be moved without breaking that path, so among
+   otherwise equal copies it is the one to keep. Only then: a link to a crop is not kept over the larger
+   original (it stays where it is anyway: find.movable);
+7. the oldest modification time (copies are made after their original).
 
 Quality is a coarse class on purpose: a brightened copy re-saved at quality 92 is not "better" than its
 quality-75 original. Ties fall to the path, so the choice is stable.
@@ -103,13 +105,13 @@ def choose(members: Sequence[C], facts: dict[int, Facts]) -> tuple[C, str]:
         return f.quality is not None and f.quality < LOW_QUALITY
 
     rules = [
-        (lambda f: f.linked, lambda f: "other paths lead to this file (a link): it stays"),
         (lambda f: bool(f.camera), lambda f: f"camera original ({f.camera})"),
         (lambda f: not f.edited_by, lambda f: "not re-saved by an editor"),
         (lambda f: f.pixels, lambda f: f"most pixels ({f.pixels:,})"),
         (lambda f: not lossy(f), lambda f: f"not re-compressed (JPEG quality ~{f.quality})" if f.quality
          else "lossless"),
         (lambda f: not has_jpeg or f.format == "JPEG", lambda f: "the JPEG, not a re-encode of it"),
+        (lambda f: f.linked, lambda f: "other paths lead to this file (a link): it stays"),
         (lambda f: -f.mtime_ns, lambda f: "the oldest file"),
     ]
     remaining = sorted(members, key=lambda m: m.path)
@@ -119,7 +121,7 @@ def choose(members: Sequence[C], facts: dict[int, Facts]) -> tuple[C, str]:
         winners = [m for m in remaining if key(facts[m.id]) == best]
         if len(winners) < len(remaining):
             reason = words(facts[winners[0].id])
-            if n == 2:
+            if n == 1:
                 edited = next(m for m in remaining if m not in winners)
                 reason += f" (another was: {facts[edited.id].edited_by})"
             reasons.append(reason)
