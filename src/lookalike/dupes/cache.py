@@ -22,7 +22,10 @@ from lookalike.dupes import verify
 
 VERSION = f"orb{verify.FEATURES}-thumb{verify.THUMB}-sigma{verify.SIGMA}-v3"
 # Verdicts also depend on every threshold: a change of any of them forgets the verdicts (not the features).
-VERDICTS = "-".join(str(getattr(verify, name)) for name in sorted(dir(verify)) if name.isupper()) + "-v1"
+VERDICTS = "-".join(str(getattr(verify, name)) for name in sorted(dir(verify)) if name.isupper()) + "-v2"
+
+
+REFUSED = "checked before: not the same photograph"  # refusals are kept without their numbers (nobody shows them)
 
 
 class FeatureCache:
@@ -88,28 +91,33 @@ class FeatureCache:
         if self.db is None:
             return None
         try:
-            row = self.db.execute("SELECT evidence FROM verdicts WHERE a = ? AND b = ?", (a, b)).fetchone()
-            return None if row is None else verify.Evidence(**json.loads(row[0]))
+            row = self.db.execute("SELECT same, evidence FROM verdicts WHERE a = ? AND b = ?", (a, b)).fetchone()
+            if row is None:
+                return None
+            return verify.Evidence(**json.loads(row[1])) if row[1] else verify.Evidence(False, REFUSED)
         except Exception:  # a damaged row: check again
             return None
 
-    def verdicts(self, pairs: np.ndarray) -> dict[tuple[int, int], verify.Evidence]:
-        """The evidence of earlier checks of these pairs (int64 [p, 2], a < b; ids never change meaning), in
-        one pass over the table: refusals come back as a bare "not the same" (their numbers are not read),
-        acceptances with their evidence (the report shows it)."""
+    def verdicts(self, pairs: np.ndarray) -> tuple[np.ndarray, dict[tuple[int, int], verify.Evidence]]:
+        """What earlier checks said of these pairs (int64 [p, 2], a < b; ids never change meaning), in one
+        pass over the table: (refused bool [p], {pair: evidence} of the accepted ones). A refused pair needs
+        nothing more (it got as far as the check, so it had neither the same bytes nor the same pixels);
+        pairs in neither were never checked."""
+        refused = np.zeros(len(pairs), bool)
         if self.db is None or len(pairs) == 0:
-            return {}
+            return refused, {}
         try:
             rows = np.array(self.db.execute("SELECT a, b, same FROM verdicts").fetchall(), np.int64).reshape(-1, 3)
         except sqlite3.Error:  # a damaged table: check again
-            return {}
-        found = rows[np.isin(pair_keys(rows[:, :2]), pair_keys(pairs))]
-        known: dict[tuple[int, int], verify.Evidence] = {}
-        for a, b, same in found.tolist():
-            evidence = self.verdict(a, b) if same else verify.Evidence(False, "checked before: not the same photo")
+            return refused, {}
+        keys = pair_keys(pairs)
+        refused = np.isin(keys, pair_keys(rows[rows[:, 2] == 0, :2]))
+        accepted: dict[tuple[int, int], verify.Evidence] = {}
+        for a, b in rows[(rows[:, 2] != 0) & np.isin(pair_keys(rows[:, :2]), keys), :2].tolist():
+            evidence = self.verdict(a, b)
             if evidence is not None:
-                known[(a, b)] = evidence
-        return known
+                accepted[(a, b)] = evidence
+        return refused, accepted
 
     def remember(self, a: int, b: int, evidence: verify.Evidence) -> None:
         self.new_verdicts[(a, b)] = evidence
@@ -132,7 +140,7 @@ class FeatureCache:
                 self.db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)",
                                     [(i, _encode(f)) for i, f in self.new.items()])
                 self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
-                                    [(a, b, int(e.same), json.dumps(e.as_dict()))
+                                    [(a, b, int(e.same), json.dumps(e.as_dict()) if e.same else None)
                                      for (a, b), e in self.new_verdicts.items()])
                 if keep_ids is not None:
                     self.db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (id INTEGER PRIMARY KEY)")

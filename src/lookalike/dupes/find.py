@@ -150,9 +150,12 @@ class _Prover:
         self.digests: dict[int, str | None] = {}
         self.verdicts: dict[tuple[int, int], verify.Evidence] = {}
 
-    def preload(self, pairs: np.ndarray) -> None:
-        """Read the cached verdicts of these pairs (int64 [p, 2], a < b) in one pass."""
-        self.verdicts.update(self.features.verdicts(pairs))
+    def preload(self, pairs: np.ndarray) -> np.ndarray:
+        """Read the cached verdicts of these pairs (int64 [p, 2], a < b) in one pass; returns the pairs still
+        to decide (the ones refused before need nothing more)."""
+        refused, accepted = self.features.verdicts(pairs)
+        self.verdicts.update(accepted)
+        return ~refused
 
     def link(self, i: int, j: int, cosine: float | None = None, *, preloaded: bool = False) -> Link | None:
         """The proof that i and j are one photograph, or None. `preloaded`: the cache was already asked
@@ -255,8 +258,8 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
                                                  floor=PIXELS_FLOOR if exact_only else floor)
     if progress:
         progress(f"checking {len(pairs):,} candidate pairs among {len(members):,} images")
-    prover.preload(pairs)
-    for (a, b), score in zip(pairs.tolist(), scores.tolist(), strict=True):
+    open_pairs = prover.preload(pairs)
+    for (a, b), score in zip(pairs[open_pairs].tolist(), scores[open_pairs].tolist(), strict=True):
         link = prover.link(a, b, score, preloaded=True)
         if link is not None and (not exact_only or link.kind != "photo"):
             edges.add((a, b))

@@ -42,7 +42,8 @@ RANSAC_PIXELS = 4.0  # reprojection error (thumbnail pixels) for an inlier
 GRID = 8  # cells per side for the cell-by-cell agreement
 FINE_SIGMA = 1.0  # the same check at a finer scale: where another shot's small shifts show
 SIGMA = 2.5  # Gaussian blur (thumbnail pixels) before gradients: what resizing and JPEG change is finer
-COVERED = 0.3  # a cell whose gradients correlate less than this is covered by something added (a bar, a caption)
+COVERED = 0.3  # a border band whose gradients correlate less than this is covered by something added (a bar)
+BAND = 2  # rows or columns of cells (of GRID) such a band may take: a quarter of the picture at most
 CELL_CORRELATION = 0.9  # a cell agrees when its gradients correlate at least this well
 FLAT = 0.05  # gradient spread (after normalising) under which a cell is flat
 MIN_CELLS = 4  # cells with detail needed to judge the pixels at all
@@ -305,12 +306,33 @@ def _gradients_agree(pictures: tuple[np.ndarray, np.ndarray], inside: np.ndarray
     correlation = (cells["uv"] - cells["u"] * cells["v"]) / np.maximum(spread_u * spread_v, 1e-12)
     agreeing = ~flat & (correlation >= CELL_CORRELATION) & counted
     share = float(agreeing.sum() / counted.sum()) if counted.sum() >= MIN_CELLS else 0.0
-    # Cells where the pictures disagree outright are covered (a caption bar, a banner, a logo): the whole
-    # overlap's correlation is taken without them (how many may be covered is bounded by MIN_CELLS_AGREEING).
-    covered = counted & ~flat & (correlation < COVERED)
-    open_area = area * ~covered
-    uncovered = {k: float((v * open_area).sum() / max(float(open_area.sum()), 1e-6)) for k, v in cells.items()}
-    return _from_moments(whole), share, _from_moments(uncovered)
+    # A bar, banner or caption strip covers a band along one border: where the cells of such a band (up to
+    # BAND rows or columns deep) disagree outright (their own correlation under COVERED), the overlap's
+    # correlation is also taken without them, and the better of the two counts. Only a band at a border:
+    # a subject that moved in a burst changes the middle, and stays counted.
+    weights = area * counted
+    uncovered = _from_moments(whole)
+    for band in _bands():
+        inside_band = weights * band
+        if inside_band.sum() <= 0 or (weights * ~band).sum() <= 0:
+            continue
+        if _from_moments(_mean(cells, inside_band)) < COVERED:
+            uncovered = max(uncovered, _from_moments(_mean(cells, weights * ~band)))
+    return _from_moments(whole), share, uncovered
+
+
+def _bands() -> list[np.ndarray]:
+    """Bool GRID x GRID masks: the top, bottom, left and right 1 .. BAND rows or columns of cells."""
+    rows = np.arange(GRID)[:, None] * np.ones((1, GRID), int)
+    columns = rows.T
+    return [mask for depth in range(1, BAND + 1)
+            for mask in (rows < depth, rows >= GRID - depth, columns < depth, columns >= GRID - depth)]
+
+
+def _mean(cells: dict, weights: np.ndarray) -> dict:
+    """Per-cell means -> the means over the cells, weighted (by area that counts)."""
+    total = max(float(weights.sum()), 1e-6)
+    return {k: float((v * weights).sum()) / total for k, v in cells.items()}
 
 
 def _from_moments(m: dict) -> float:
