@@ -227,8 +227,9 @@ def _bars(spread: np.ndarray, level: np.ndarray, edge: float) -> tuple[int, int]
     """One axis of `trim_bars`: the (start, end) of what lies between two balanced bars, or (0, n)."""
     flat = (spread < BAR_SPREAD) & (np.abs(level - edge) < BAR_COLOUR)
     n = len(flat)
-    start = int(np.argmin(flat)) if not flat.all() else n
-    end = n - int(np.argmin(flat[::-1])) if not flat.all() else n
+    if flat.all():  # one flat colour throughout: nothing to cut
+        return 0, n
+    start, end = int(np.argmin(flat)), n - int(np.argmin(flat[::-1]))  # the first and last rows not flat
     before, after = start, n - end
     if (before == 0 or after == 0 or abs(before - after) > BAR_BALANCE + 0.02 * n
             or end - start < BAR_KEEP * n):

@@ -53,10 +53,10 @@ class ModelSpec:
               padded or not gives the same picture to the model.
 
     calibration is the int8 recipe (quantize.py), part of what an int8 index holds: 2 quantised weights to 8
-    bits, which x86 CPUs without VNNI (AVX2 only: many laptops, AMD before Zen 4) cannot multiply without
-    saturating their 16-bit sums, so there the vectors drifted far from fp32 (mean cosine 0.87 to fp32 on an
-    AMD EPYC); 3 (INT8_RECIPE) quantises weights to 7 bits, which cannot saturate, so every CPU computes the
-    same vectors. Indexes built with 2 keep their recipe and are told how to rebuild.
+    bits, which x86 CPUs without VNNI (AVX2 only, as in many laptops) cannot multiply without saturating
+    their 16-bit sums, so there the vectors drifted far from fp32 (mean cosine 0.87 to fp32 on an AMD EPYC);
+    3 (INT8_RECIPE) quantises weights to 7 bits, whose sums cannot saturate on any CPU. Indexes built with 2
+    keep their recipe and are told how to rebuild.
     """
 
     name: str
