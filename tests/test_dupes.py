@@ -137,6 +137,25 @@ def test_checks_are_cached_beside_the_index_and_a_damaged_cache_is_rebuilt(colle
         assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == verdicts
 
 
+def test_cached_verdicts_are_read_back_for_exactly_the_pairs_asked(tmp_path):
+    """A re-run reads every verdict in one pass: refusals as a mask, acceptances with their evidence; pairs
+    never checked are in neither (they must be checked)."""
+    from lookalike.dupes.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path)
+    cache.remember(3, 9, verify.Evidence(False, "too few matching points (2)"))
+    cache.remember(1, 2, verify.Evidence(True, "", inliers=40, scale=0.5))
+    cache.remember(2, 7, verify.Evidence(False, "the aligned pixels differ (another shot)"))
+    cache.save()
+    cache.close()
+    again = FeatureCache(tmp_path)
+    pairs = np.array([[1, 2], [2, 5], [2, 7], [3, 9], [4, 1 << 20]], np.int64)
+    refused, accepted = again.verdicts(pairs)
+    again.close()
+    assert refused.tolist() == [False, False, True, True, False]
+    assert list(accepted) == [(1, 2)] and accepted[(1, 2)].inliers == 40 and accepted[(1, 2)].scale == 0.5
+
+
 def features_of(image: Image.Image) -> verify.Features:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)

@@ -231,7 +231,8 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
     from scipy.sparse.csgraph import connected_components
 
     started = time.perf_counter()
-    members = {i: Member(i, *d) for i, d in index.details().items()}
+    details = index.details()
+    members = {i: Member(i, *d) for i, d in details.items()}
     if under is not None:
         members = {i: m for i, m in members.items() if _below(m.path, under)}
     canonical = physical_groups(members)
@@ -265,7 +266,7 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
             edges.add((a, b))
 
     clusters = _clusters(edges, heads, prover, connected_components, coo_matrix, exact_only)
-    features.save(keep_ids=np.fromiter(index.details(), np.int64) if under is None else None)
+    features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if under is None else None)
     features.close()
     return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor)
 

@@ -464,7 +464,9 @@ class RowReader:
         out = np.asarray(self.matrix[positions])
         if isinstance(self.matrix, np.memmap):
             self._read += len(positions) * max(FAULT_AROUND, out.strides[0])  # what each row could have mapped
-            if self._read > self.cap:
+            # A file no larger than the cap cannot map more than the cap: handing its pages back would only
+            # fault them in again (a bulk pass over 100k vectors spent seconds of system time doing that)
+            if self._read > self.cap and self.matrix.nbytes > self.cap:
                 release(self.matrix)
                 self._read = 0
         return out
