@@ -386,3 +386,18 @@ def test_reranking_reads_keep_the_vectors_file_out_of_rss(tmp_path):
     reader_kb = _mapped_kb(path)
     assert plain_kb > 40_000  # fault-around mapped most of the file
     assert reader_kb < 8 * 1024 + 200 * 64 + 1024  # the cap plus one query's pages (64 KB per row at most)
+
+
+def test_vectors_of_reads_the_right_rows_once_some_are_tombstones(tmp_path, spec):
+    """Query expansion and the re-ranking by augmentation read candidates' vectors by id: with removed rows
+    still in the vectors file (tombstones), an id's position among the live ids is not its row."""
+    x = clustered(300, DIMS, seed=5)
+    store = make_store(tmp_path / "holes.lookalike", spec, x)
+    searcher = Searcher(store)
+    searcher.search(x[:1], 1)  # the vectors file is written
+    store.remove([f"/img/{i:06d}.jpg" for i in range(0, 30, 3)])  # few enough to stay tombstones
+    ids, vectors = store.vectors()
+    wanted = ids[::7]
+    got = searcher.vectors_of(wanted)
+    assert searcher.data.dead.any()  # the case under test
+    np.testing.assert_allclose(got, vectors[::7], atol=1e-6)

@@ -342,9 +342,12 @@ class Searcher:
                                                         "search_s": time.perf_counter() - ready})
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        """Full unit vectors float32 [m, d] of these indexed ids (for query expansion)."""
+        """Full unit vectors float32 [m, d] of these indexed ids (query expansion, re-ranking by augmentation),
+        read through re-ranking's own map (ascending ids read fastest)."""
         self.refresh()
-        return np.asarray(self.vectors[np.searchsorted(self.ids, ids)], np.float32)
+        if self._reader is None:
+            self._reader = RowReader(self.vectors)
+        return np.asarray(self._reader.rows(np.searchsorted(self.row_ids, ids)), np.float32)
 
     def _rerank(self, queries: np.ndarray, shortlist: np.ndarray, k: int, exclude: np.ndarray | None):
         if self._reader is None:
