@@ -30,7 +30,7 @@ from lookalike import Index, images
 from lookalike.evaluation.protocol import evaluate_index
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import MODELS, ModelSpec
-from lookalike.search.rerank import NO_EXPANSION, QueryExpansion
+from lookalike.search.rerank import NO_AUGMENTATION, NO_EXPANSION, Augmentation, QueryExpansion
 
 
 def cpu_flags() -> str:
@@ -47,6 +47,9 @@ HOLIDAYS = DATASETS / "holidays_dev"
 DEFAULT = MODELS["efficientnet-lite0"]
 # The default before this page's last change: v2 (GeM p=3, 224x224, no bars cut) with 8-bit int8 weights.
 V2 = replace(DEFAULT, version=2, trim=False, calibration=2)
+# The default before issue 15: v1 (average pooling), 8-bit int8 weights: for indexing speed on this machine.
+V1 = replace(DEFAULT, version=1, gem=0.0, trim=False, calibration=2)
+DBA = Augmentation()  # the default re-ranking: shortlist 100, 2 neighbours, α = 3
 BEST = MODELS["lite0-320"]
 
 
@@ -55,19 +58,22 @@ class Step:
     name: str
     spec: ModelSpec
     expansion: QueryExpansion = NO_EXPANSION
+    augmentation: Augmentation = NO_AUGMENTATION
     caltech: bool = True  # False: holidays_dev only (a Caltech101 index takes ~15 min on a loaded machine)
 
 
 STEPS = [
-    Step("v2 (before): GeM p=3, 224×224, int8 with 8-bit weights", V2),
-    Step("v2, int8 with 7-bit weights (the new int8 recipe alone)", replace(V2, calibration=3), caltech=False),
-    Step("+ letterbox bars cut, 7-bit int8 (**v3, the new default**)", DEFAULT),
-    Step("v3 + α-QE (n=2, α=3) at query time (opt-in: `--qe 2`)", DEFAULT, QueryExpansion(2, 3.0)),
-    Step("v3, fp32 (`--precision fp32`)", replace(DEFAULT, precision="fp32"), caltech=False),
-    Step("v3, aspect kept, longer side 320 px, 7-bit int8 (opt-in: `--model lite0-320`)", BEST, caltech=False),
-    Step("lite0-320 + α-QE (n=2, α=3)", BEST, QueryExpansion(2, 3.0), caltech=False),
+    Step("v2 (before): GeM p=3, 224×224, int8 with 8-bit weights, plain cosine", V2, caltech=False),
+    Step("v3: + letterbox bars cut, int8 with 7-bit weights, plain cosine (`--dba 0`)", DEFAULT),
+    Step("v3 + α-DBA of the shortlist (100 re-ranked, 2 neighbours, α=3): **the new default**", DEFAULT,
+         augmentation=DBA),
+    Step("v3 + α-DBA + α-QE (n=2, α=3, opt-in: `--qe 2`)", DEFAULT, QueryExpansion(2, 3.0), DBA),
+    Step("v3, fp32 (`--precision fp32`), plain cosine", replace(DEFAULT, precision="fp32"), caltech=False),
+    Step("v3, fp32 + α-DBA", replace(DEFAULT, precision="fp32"), augmentation=DBA, caltech=False),
+    Step("v3, aspect kept, longer side 320 px (opt-in: `--model lite0-320`), plain cosine", BEST, caltech=False),
+    Step("lite0-320 + α-DBA", BEST, augmentation=DBA, caltech=False),
 ]
-SPEED = (("v2", V2), ("v3", DEFAULT))
+SPEED = (("v1", V1), ("v3", DEFAULT))
 
 
 def build(spec: ModelSpec, photos: Path, target: Path, exclude: str | None = None) -> float:
@@ -78,20 +84,20 @@ def build(spec: ModelSpec, photos: Path, target: Path, exclude: str | None = Non
     return summary.images_per_second
 
 
-def query_ms(index_path: Path, queries: list[Path], expansion: QueryExpansion) -> float:
-    """Median ms for one query from an image file to 10 results (decode, embed, search, QE if on)."""
+def query_ms(index_path: Path, queries: list[Path], step: Step) -> float:
+    """Median ms for one query from an image file to 10 results (decode, embed, search, re-ranking if on)."""
     with Index.open(index_path) as index:
-        index.search(queries[0], k=10, qe=expansion)
+        index.search(queries[0], k=10, qe=step.expansion, dba=step.augmentation)
         times = []
         for query in queries:
             started = time.perf_counter()
-            index.search(query, k=10, qe=expansion)
+            index.search(query, k=10, qe=step.expansion, dba=step.augmentation)
             times.append(1000 * (time.perf_counter() - started))
     return statistics.median(times)
 
 
 def speed_in_turns(paths: list[Path], rounds: int, tmp: Path) -> list[tuple[str, float, float]]:
-    """The old and new default and lite0-320 indexing the same files in turns: (which, images/s, load)."""
+    """The default before issue 15 (v1) and now (v3) indexing the same files in turns: (which, images/s, load)."""
     folder = tmp / "speed-photos"
     folder.mkdir()
     for n, path in enumerate(paths):  # links: the same bytes, one folder
@@ -132,14 +138,14 @@ def main() -> None:
             holidays_index, caltech_index, rate, load = built[key]
             with Index.open(holidays_index) as index:
                 hol = evaluate_index(index, HOLIDAYS, protocol="holidays", pca_dims=(), methods=False,
-                                     expansion=step.expansion)
+                                     expansion=step.expansion, augmentation=step.augmentation)
             row = {"step": step.name, "holidays": hol.map, "p4": float("nan"), "map": float("nan"), "rate": rate,
                    "load": load, "ms": float("nan")}
             if step.caltech and not args.skip_caltech:
                 with Index.open(caltech_index) as index:
                     cal = evaluate_index(index, CALTECH, exclude=("BACKGROUND_Google",), pca_dims=(), methods=False,
-                                         expansion=step.expansion)
-                row.update(p4=cal.p_at_k, map=cal.map, ms=query_ms(caltech_index, queries, step.expansion))
+                                         expansion=step.expansion, augmentation=step.augmentation)
+                row.update(p4=cal.p_at_k, map=cal.map, ms=query_ms(caltech_index, queries, step))
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         speed = [] if args.skip_caltech else speed_in_turns(caltech_files[:: max(1, len(caltech_files)
@@ -157,7 +163,7 @@ def main() -> None:
     turns = ", ".join(f"{name} {rate:.0f}/s (load {load:.1f})" for name, rate, load in speed)
 
     def ratio(name: str) -> str:
-        old = [rate for which, rate, _ in speed if which == "v2"]
+        old = [rate for which, rate, _ in speed if which == "v1"]
         new = [rate for which, rate, _ in speed if which == name]
         return f"{statistics.mean(b / a for a, b in zip(old, new, strict=True)):.2f}" if old and new else "-"
 

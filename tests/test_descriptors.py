@@ -15,7 +15,7 @@ from lookalike.images import trim_bars
 from lookalike.models import files
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import INT8_RECIPE, MODELS, ModelSpec, resolve_spec
-from lookalike.search.rerank import QueryExpansion
+from lookalike.search.rerank import Augmentation, QueryExpansion
 from lookalike.storage.sqlite import Store
 from tests.conftest import build_tiny_model, picture, run_cli
 
@@ -74,7 +74,7 @@ def test_indexing_images_of_many_shapes_stores_each_with_its_own_vector(longer_s
         for n in (0, 3, 13, 20):  # each stored vector is the one its own picture gives
             expected = embedder.embed_images([picture(("disc", "stripes", "noise")[n % 3], seed=n,
                                                       size=(sizes * 3)[n])])[0]
-            found = index.search(expected, k=1)[0]
+            found = index.search(expected, k=1, dba=0)[0]  # plain cosine: 1 for itself
             assert found.path == str(folder / f"p{n:02d}.png") and found.score == pytest.approx(1.0, abs=1e-4)
 
 
@@ -225,12 +225,12 @@ def test_search_with_query_expansion_searches_again_with_the_expanded_query(tmp_
         index.add([photo_dir])
         query = photo_dir / "disc" / "disc0.jpg"
         vector = index.embed(query)
-        first = index.search(vector, k=2, ann=ann)
+        first = index.search(vector, k=2, ann=ann, dba=0)
         ids, vectors = index.vectors()
         rows = np.searchsorted(ids, [h.id for h in first])
         by_hand = QueryExpansion(2).expand(vector[None], vectors[rows][None], np.array([[h.score for h in first]]))
-        expected = index.search(by_hand[0], k=9, ann=ann, qe=0)
-        expanded = index.search(query, k=9, ann=ann, qe=2)
+        expected = index.search(by_hand[0], k=9, ann=ann, qe=0, dba=0)
+        expanded = index.search(query, k=9, ann=ann, qe=2, dba=0)
         assert [h.path for h in expanded] == [h.path for h in expected]
         assert [h.score for h in expanded] == pytest.approx([h.score for h in expected], abs=1e-5)
         assert "α-QE 2" in expanded.engine
@@ -238,3 +238,57 @@ def test_search_with_query_expansion_searches_again_with_the_expanded_query(tmp_
         assert plain.engine == index.search(query, k=9, ann=ann, qe=0).engine  # off by default
         similar = index.similar(query, k=8, ann=ann, qe=2)  # the query itself is left out of both searches
         assert str(query) not in [h.path for h in similar] and len(similar) == 8
+
+
+# -- database-side augmentation of the shortlist -------------------------------------------------------------
+
+def test_augmentation_lifts_a_candidate_backed_by_another_view_over_a_closer_one_whose_neighbour_is_far():
+    # The query q. Candidate 0 is the closest (0.80), but its nearest other candidate (3) is far from q;
+    # candidates 1 and 2 are a little further (0.78, 0.77) and nearly the same picture as each other.
+    # Augmented with its nearest neighbour, 0 is pulled away from q, 1 and 2 back each other up.
+    q = np.array([[1.0, 0.0, 0.0, 0.0]], np.float32)
+    candidates = np.array([[[0.80, 0, 0.60, 0], [0.78, 0.626, 0, 0], [0.77, 0.638, 0, 0], [0.30, 0, 0.954, 0]]],
+                          np.float32)
+    candidates /= np.linalg.norm(candidates, axis=2, keepdims=True)
+    plain = candidates[0] @ q[0]
+    assert plain[0] > plain[1] > plain[2] > plain[3]
+    scores = Augmentation(1, alpha=3.0).rescore(q, candidates)[0]
+    assert scores[1] > scores[0] and scores[2] > scores[0]
+    # by hand: candidate 0 plus its nearest other (3), weighted by their cosine cubed, re-normalised
+    weight = float(candidates[0, 0] @ candidates[0, 3]) ** 3
+    augmented = candidates[0, 0] + weight * candidates[0, 3]
+    assert scores[0] == pytest.approx(float(augmented @ q[0]) / np.linalg.norm(augmented), abs=1e-6)
+    np.testing.assert_allclose(Augmentation(0).rescore(q, candidates)[0], plain, atol=1e-6)  # off: plain cosine
+
+
+def test_augmentation_never_takes_padding_as_a_neighbour():
+    q = np.array([[1.0, 0.0]], np.float32)
+    candidates = np.array([[[0.6, 0.8], [1.0, 0.0], [0.6, 0.8]]], np.float32)
+    valid = np.array([[True, True, False]])
+    scores = Augmentation(2, alpha=1.0).rescore(q, candidates, valid)[0]
+    assert np.isneginf(scores[2])
+    # each valid candidate's only valid neighbour is the other one
+    expected_0 = (0.6 + 0.6 * 1.0) / np.linalg.norm(np.array([0.6, 0.8]) + 0.6 * np.array([1.0, 0.0]))
+    assert scores[0] == pytest.approx(expected_0, abs=1e-6)
+    with pytest.raises(UsageError, match="--dba"):
+        Augmentation(-1)
+
+
+@pytest.mark.parametrize("ann", ["exact", "hnsw"])
+def test_search_reranks_its_shortlist_by_augmentation_by_default(tmp_path, tiny_model, photo_dir, ann):
+    with Index.open(tmp_path / "dba.lookalike", model=str(tiny_model), create=True) as index:
+        index.add([photo_dir])
+        query = photo_dir / "disc" / "disc0.jpg"
+        vector = index.embed(query)
+        plain = index.search(vector, k=len(index), ann=ann, dba=0)
+        ids, vectors = index.vectors()
+        rows = np.searchsorted(ids, [h.id for h in plain])
+        by_hand = Augmentation(2, shortlist=len(index)).rescore(vector[None], vectors[rows][None])[0]
+        order = np.argsort(-by_hand, kind="stable")
+        found = index.search(vector, k=5, ann=ann)  # the default: augmentation on
+        assert [h.path for h in found] == [plain[int(i)].path for i in order[:5]]
+        assert [h.score for h in found] == pytest.approx(by_hand[order[:5]].tolist(), abs=1e-5)
+        assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+        assert "α-DBA 2" in found.engine and "α-DBA" not in plain.engine
+        similar = index.similar(query, k=4, ann=ann)
+        assert str(query) not in [h.path for h in similar] and len(similar) == 4

@@ -21,7 +21,7 @@ from lookalike.evaluation.metrics import (
     trapezoid_ap,
 )
 from lookalike.evaluation.protocol import evaluate_vectors, pca_sweep
-from lookalike.search.rerank import QueryExpansion
+from lookalike.search.rerank import Augmentation, QueryExpansion
 from tests.conftest import run_cli
 
 
@@ -91,6 +91,23 @@ def test_query_expansion_in_evaluation_pulls_in_the_other_view():
     expanded = evaluate_vectors(vectors, labels, k=2, queries=queries, expansion=QueryExpansion(1, alpha=0.0))
     assert plain.map == pytest.approx((1 + 2 / 3) / 2)
     assert expanded.map == pytest.approx(1.0)
+
+
+def test_augmentation_in_evaluation_reorders_the_head_of_each_ranking():
+    # Query 0's group is {0, 1, 2}: 1 and 2 are nearly the same picture, each a little further from 0 than
+    # the distractor 3, whose nearest neighbour (4) is far from 0. Plain: 0 ranks 3 first; augmented (1
+    # neighbour, α = 1), 1 and 2 back each other up and go first, as Index.search orders its shortlist.
+    vectors = np.array([[1, 0, 0, 0], [0.78, 0.626, 0, 0], [0.77, 0.638, 0, 0], [0.8, 0, 0.6, 0], [0.3, 0, 0.954, 0]],
+                       np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = ["a", "a", "a", None, None]
+    queries = np.array([True, False, False, False, False])
+    plain = evaluate_vectors(vectors, labels, k=2, queries=queries)
+    augmented = evaluate_vectors(vectors, labels, k=2, queries=queries, augmentation=Augmentation(1, alpha=1.0))
+    assert plain.map == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert augmented.map == pytest.approx(1.0)
+    short = evaluate_vectors(vectors, labels, k=2, queries=queries, augmentation=Augmentation(1, 1, alpha=1.0))
+    assert short.map == pytest.approx(plain.map)  # a shortlist of one: nothing to re-order
 
 
 def test_neighbour_recall_counts_shared_ids():

@@ -151,9 +151,20 @@ def test_query_expansion_per_request(served):
     query = png_bytes(picture("disc", seed=7))
     plain = upload(client, query, k=3).json()
     expanded = upload(client, query, k=3, qe=2).json()
-    assert "α-QE" not in plain["engine"] and expanded["engine"].endswith("α-QE 2")
+    assert "α-QE" not in plain["engine"] and "α-QE 2" in expanded["engine"]
     assert all("/disc/" in r["path"] for r in expanded["results"])
     hit = plain["results"][0]["id"]
     similar = client.get(f"/similar/{hit}", params={"k": 2, "qe": 2}).json()
-    assert similar["engine"].endswith("α-QE 2") and hit not in [r["id"] for r in similar["results"]]
+    assert "α-QE 2" in similar["engine"] and hit not in [r["id"] for r in similar["results"]]
     assert client.get(f"/similar/{hit}", params={"qe": -1}).status_code == 422
+
+
+def test_augmentation_is_on_by_default_and_off_per_request(served):
+    client, _ = served
+    query = png_bytes(picture("disc", seed=7))
+    default = upload(client, query, k=3).json()
+    plain = upload(client, query, k=3, dba=0).json()
+    assert "α-DBA 2" in default["engine"] and "α-DBA" not in plain["engine"]
+    hit = plain["results"][0]["id"]
+    assert "α-DBA" not in client.get(f"/similar/{hit}", params={"k": 2, "dba": 0}).json()["engine"]
+    assert client.get(f"/similar/{hit}", params={"dba": -1}).status_code == 422

@@ -167,6 +167,21 @@ def _expansion(qe: int | None):
     return DEFAULT_QE if qe is None else QueryExpansion(qe)
 
 
+DbaOption = Annotated[
+    Optional[int],
+    typer.Option("--dba", min=0, max=20, help="Re-rank the best 100 by database-side augmentation: each scored "
+                 "together with this many of its nearest other candidates, weighted by similarity cubed (0: off, "
+                 "plain cosine order) [default: 2].", show_default=False),
+]
+
+
+def _augmentation(dba: int | None):
+    from lookalike.index import DEFAULT_DBA
+    from lookalike.search.rerank import Augmentation
+
+    return DEFAULT_DBA if dba is None else Augmentation(dba)
+
+
 
 IndexPath = Annotated[
     Optional[str],
@@ -386,6 +401,7 @@ def search(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a first ANN build, a "
                                         "model's first export).")] = False,
     qe: QeOption = None,
+    dba: DbaOption = None,
 ) -> None:
     """Find the indexed images that look most like QUERY (or like the indexed image --id)."""
     from lookalike import images
@@ -400,11 +416,11 @@ def search(
     with _Report(quiet) as progress, Index.open(index, steps=progress.steps) as idx:
         _note_outdated(idx)
         if by_id is not None:
-            hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value, qe=qe)
+            hits = idx.similar(by_id, k, metric=metric.value, ann=ann and ann.value, qe=qe, dba=dba)
             shown = by_id
         else:
             assert query is not None  # one of the two, checked above
-            hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value, qe=qe)
+            hits = idx.search(query, k, metric=metric.value, ann=ann and ann.value, qe=qe, dba=dba)
             shown = query
         roots = idx.info()["roots"] if any(hit.stale for hit in hits) else []
         model_name = idx.spec.name
@@ -668,6 +684,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="Largest upload accepted, in MB.")] = 20.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr while it starts.")] = False,
     qe: QeOption = None,
+    dba: DbaOption = None,
 ) -> None:
     """A REST API (OpenAPI at /docs) and a web page for searching the index by image."""
     import socket
@@ -687,7 +704,7 @@ def serve(
                          "another with --port") from None
     with _Report(quiet) as progress:
         app = create_app(index, token=token, max_upload=int(max_upload_mb * 1024 * 1024), steps=progress.steps,
-                         qe=qe)
+                         qe=qe, dba=dba)
     err.print(f"serving {index} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -939,6 +956,7 @@ def eval_(
                                                    "in group NNNNNN // 100, NNNN00.jpg its query, trapezoid AP "
                                                    "as holidays_map.py.")] = EvalProtocol.classes,
     qe: QeOption = None,
+    dba: DbaOption = None,
     pca: Annotated[str, typer.Option(help="PCA sweep dims, comma separated; 'none' to skip.")] =
         ",".join(map(str, (1, 2, 3, 4, 5, 10, 20, 50, 75, 100, 150, 200))),
     timing: Annotated[bool, typer.Option(help="Time one query per search method, and one image.")] = True,
@@ -967,7 +985,8 @@ def eval_(
     with Index.open(index, model=spec) as idx:
         _note_outdated(idx)
         result = evaluate_index(idx, dataset, k=k, exclude=exclude or (), group_regex=group_regex, pca_dims=dims,
-                                methods=timing, protocol=protocol.value, expansion=_expansion(qe))
+                                methods=timing, protocol=protocol.value, expansion=_expansion(qe),
+                                augmentation=_augmentation(dba))
     if built is not None and built.indexed:
         result.extraction_s, result.extraction_images = built.seconds, built.indexed + built.failed
     if as_json:

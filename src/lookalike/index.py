@@ -25,7 +25,7 @@ from lookalike.errors import ModelMismatch, NotAnImage, NotFound, NotIndexed, Us
 from lookalike.models.embedder import Embedder
 from lookalike.models.registry import MODELS, ModelSpec, resolve_spec, same_model
 from lookalike.search.options import ENGINES, METRICS
-from lookalike.search.rerank import NO_EXPANSION, QueryExpansion
+from lookalike.search.rerank import NO_EXPANSION, Augmentation, QueryExpansion
 from lookalike.search.searcher import Choice, Searcher, SearchSettings, require_engine
 from lookalike.storage.base import FileDetails, FileInfo, FileRecord, IndexStore
 from lookalike.storage.sqlite import Store
@@ -41,12 +41,17 @@ DEFAULT_INDEX = "index.lookalike"
 # Query expansion is off by default: with the standard n = 2, α = 3 it did not help both benchmarks
 # (docs/BENCHMARKS.md, holidays section); `qe=2` / `--qe 2` turns it on.
 DEFAULT_QE = NO_EXPANSION
+# Database-side augmentation of the shortlist is on by default: it helped both benchmarks (docs/BENCHMARKS.md,
+# holidays section); `dba=0` / `--dba 0` gives plain cosine order.
+DEFAULT_DBA = Augmentation()
 
 
 @dataclass(frozen=True)
 class Hit:
     """One search result. score is the cosine similarity (higher is closer) or the euclidean distance
-    between unit vectors (lower is closer), as asked."""
+    between unit vectors (lower is closer), as asked; with database-side augmentation on (the default) it is
+    taken to the image's vector augmented with its nearest other results (search/rerank.py), the score
+    the results are ordered by."""
 
     rank: int
     score: float
@@ -375,17 +380,21 @@ class Index:
         exclude: str | os.PathLike | None = None,
         ann: str | None = None,
         qe: int | QueryExpansion | None = None,
+        dba: int | Augmentation | None = None,
     ) -> Results:
         """The k indexed images closest to `query`: an image file, a PIL image, or a vector. `ann` overrides
         the index's engine for this search ("exact", "hnsw", "ivfpq", "annoy", "exact-f16", "auto"). `qe`:
         α-query expansion with this many neighbours (0: off; None: the default, DEFAULT_QE), which searches
-        twice with whatever engine answers."""
+        twice with whatever engine answers. `dba`: the shortlist re-ranked by database-side augmentation with
+        this many neighbours (0: off, plain cosine order; None: the default, DEFAULT_DBA)."""
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if ann is not None and ann not in ENGINES:
             raise UsageError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
         expansion = qe if isinstance(qe, QueryExpansion) else QueryExpansion(DEFAULT_QE.neighbours if qe is None
                                                                              else qe)
+        augmentation = dba if isinstance(dba, Augmentation) else (DEFAULT_DBA if dba is None
+                                                                  else Augmentation(dba))
         started = time.perf_counter()
         vector = query if isinstance(query, np.ndarray) else self.embed(query)
         skip = None if exclude is None else self.store.id_of(str(exclude))
@@ -395,10 +404,30 @@ class Index:
             found = first.ids[0] >= 0
             neighbours = self.searcher.vectors_of(first.ids[0][found])
             vector = expansion.expand(vector[None, :], neighbours[None], first.scores[0][found][None])[0]
-        answer = self.searcher.search(vector[None, :], k, ann=ann, exclude=skipped)
+        wanted = max(k, augmentation.shortlist) if augmentation.on else k
+        answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped)
+        scores, ids = answer.scores[0], answer.ids[0]
         engine = answer.engine + (f", α-QE {expansion.neighbours}" if expansion.on else "")
-        hits = self._hits(answer.scores[0], answer.ids[0], metric)
+        if augmentation.on:
+            scores, ids = self._augmented(vector, scores, ids, augmentation)
+            engine += f", α-DBA {augmentation.neighbours} of {augmentation.shortlist}"
+        hits = self._hits(scores[:k], ids[:k], metric)
         return Results(self.check_files(hits), engine, time.perf_counter() - started)
+
+    def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+                   augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray]:
+        """One query's shortlist (scores float32 [c], ids int64 [c], -1 for none) re-scored and re-ordered by
+        database-side augmentation."""
+        found = ids >= 0
+        ids = ids[found]
+        if len(ids) < 2:
+            return scores[found], ids
+        order = np.argsort(ids)  # vectors are read in ascending id order (sequential reads of the map)
+        candidates = np.empty((len(ids), vector.shape[0]), np.float32)
+        candidates[order] = self.searcher.vectors_of(ids[order])
+        rescored = augmentation.rescore(vector[None, :], candidates[None])[0]
+        best = np.argsort(-rescored, kind="stable")
+        return rescored[best], ids[best]
 
     def check_files(self, hits: list[Hit]) -> list[Hit]:
         """The hits, each marked stale="gone" or "changed" where the file on disk is no longer what was indexed
@@ -419,13 +448,14 @@ class Index:
         return checked
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
-                ann: str | None = None, qe: int | QueryExpansion | None = None) -> Results:
+                ann: str | None = None, qe: int | QueryExpansion | None = None,
+                dba: int | Augmentation | None = None) -> Results:
         """The k images closest to an already indexed image, itself left out."""
         key = str(images.absolute(path))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
-        return self.search(vector, k, metric=metric, exclude=key, ann=ann, qe=qe)
+        return self.search(vector, k, metric=metric, exclude=key, ann=ann, qe=qe, dba=dba)
 
     def image_path(self, file_id: int) -> str | None:
         """The path of the image with this id, if it was indexed successfully (a failed file has none)."""

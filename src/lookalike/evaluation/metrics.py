@@ -26,7 +26,7 @@ import numpy as np
 
 from lookalike.errors import UsageError
 from lookalike.search.exact import top_k
-from lookalike.search.rerank import QueryExpansion
+from lookalike.search.rerank import Augmentation, QueryExpansion
 
 # -- ground truth -------------------------------------------------------------------------------------
 
@@ -162,22 +162,28 @@ def nearest(features: np.ndarray, k: int, *, metric: str = "cosine", batch: int 
     return out
 
 
-def rankings(features: np.ndarray, queries: np.ndarray, *, batch: int = 512,
-             expansion: QueryExpansion | None = None):
+def rankings(features: np.ndarray, queries: np.ndarray, *, batch: int = 256,
+             expansion: QueryExpansion | None = None, augmentation: Augmentation | None = None):
     """For each query position, the complete cosine ranking of all other rows: yields (query positions
     int64 [b], ranked positions int64 [b, n-1]) batch by batch. Stable: ties go to the lower position.
-    With `expansion`, each query is expanded with its best other rows first and ranked again (α-QE), as
-    `Index.search` does."""
+    With `expansion`, each query is expanded with its best other rows first and ranked again (α-QE); with
+    `augmentation`, the head of each ranking (its shortlist) is re-ordered by database-side augmentation:
+    both as `Index.search` does."""
     features = np.ascontiguousarray(features, np.float32)
     for start in range(0, len(queries), batch):
         chosen = queries[start:start + batch]
         rows = np.arange(len(chosen))
-        scores = features[chosen] @ features.T
+        vectors = features[chosen]
+        scores = vectors @ features.T
         scores[rows, chosen] = -np.inf
         if expansion is not None and expansion.on:
             top, top_scores = top_k(scores, min(expansion.neighbours, len(features) - 1))
-            expanded = expansion.expand(features[chosen], features[top], top_scores)
-            scores = expanded @ features.T
+            vectors = expansion.expand(vectors, features[top], top_scores)
+            scores = vectors @ features.T
             scores[rows, chosen] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :-1]  # the query itself is last
+        if augmentation is not None and augmentation.on:
+            head = order[:, : augmentation.shortlist]
+            rescored = augmentation.rescore(vectors, features[head])
+            order[:, : head.shape[1]] = np.take_along_axis(head, np.argsort(-rescored, axis=1, kind="stable"), 1)
         yield chosen, order

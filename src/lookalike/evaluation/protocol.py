@@ -28,7 +28,7 @@ from lookalike.evaluation.metrics import (
     trapezoid_ap,
 )
 from lookalike.images import absolute
-from lookalike.search.rerank import QueryExpansion
+from lookalike.search.rerank import Augmentation, QueryExpansion
 
 if TYPE_CHECKING:
     from lookalike.index import Index
@@ -75,6 +75,7 @@ class EvalResult:
     map: float
     protocol: str = "classes"  # or "holidays": one query per group, trapezoid AP
     expansion: int = 0  # neighbours of the α-query expansion the rankings used (0: none)
+    augmentation: int = 0  # neighbours of the database-side augmentation of the shortlist (0: none)
     per_group: dict[str, float] = field(default_factory=dict)  # P@k by class
     group_sizes: dict[str, int] = field(default_factory=dict)
     pca: list[tuple[int, float]] = field(default_factory=list)  # (dims, P@k), reference protocol
@@ -99,12 +100,14 @@ def has_reference(result: EvalResult) -> bool:
 
 def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: int = 4,
                      paths: Sequence[str] | None = None, queries: np.ndarray | None = None,
-                     trapezoid: bool = False, expansion: QueryExpansion | None = None) -> EvalResult:
+                     trapezoid: bool = False, expansion: QueryExpansion | None = None,
+                     augmentation: Augmentation | None = None) -> EvalResult:
     """P@k, recall@k and mAP of cosine search over float32 [n, d] unit vectors with these labels.
 
     By default every labelled image is a query; `queries` (bool [n]) picks some instead (the Holidays
     protocol: one per group). `trapezoid` measures AP as INRIA's holidays_map.py does. `expansion` ranks
-    with α-query expansion, as `Index.search` does with it on."""
+    with α-query expansion, `augmentation` re-orders each ranking's head by database-side augmentation, as
+    `Index.search` does with them on."""
     codes = encode(labels)
     names = sorted({label for label in labels if label is not None})
     labelled = codes >= 0
@@ -119,7 +122,7 @@ def evaluate_vectors(vectors: np.ndarray, labels: Sequence[str | None], *, k: in
     examples, example_labels = {}, {}
     done = 0
     score_ap = trapezoid_ap if trapezoid else average_precision
-    for chosen, order in rankings(vectors, queries, expansion=expansion):
+    for chosen, order in rankings(vectors, queries, expansion=expansion, augmentation=augmentation):
         relevant = codes[order] == codes[chosen][:, None]
         top = relevant[:, :k]
         top_relevant[done:done + len(chosen)] = top
@@ -249,12 +252,14 @@ PROTOCOLS = ("classes", "holidays")
 def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Sequence[str] = (),
                    group_regex: str | None = None, pca_dims: Sequence[int] = PCA_DIMS,
                    methods: bool = True, protocol: str = "classes",
-                   expansion: QueryExpansion | None = None) -> EvalResult:
+                   expansion: QueryExpansion | None = None,
+                   augmentation: Augmentation | None = None) -> EvalResult:
     """Evaluate the images of `index` that lie below `root`, leaving out the classes in `exclude` altogether.
 
     protocol "classes": labelled by folder (or by `group_regex` on their file names), every labelled image
     a query, plain AP. "holidays": INRIA Holidays, groups and queries from the file names (NNNNNN.jpg is in
-    group NNNNNN // 100, NNNN00.jpg is its query), trapezoid AP. `expansion`: rank with α-QE, as search does."""
+    group NNNNNN // 100, NNNN00.jpg is its query), trapezoid AP. `expansion`: rank with α-QE, `augmentation`:
+    re-order the head of each ranking by database-side augmentation, as search does."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     if protocol == "holidays" and group_regex:
@@ -280,9 +285,10 @@ def evaluate_index(index: Index, root: str | Path, *, k: int = 4, exclude: Seque
     else:
         labels = [c for c, kept in zip(classes, keep, strict=True) if kept]
     result = evaluate_vectors(vectors, labels, k=k, paths=paths, queries=queries, trapezoid=protocol == "holidays",
-                              expansion=expansion)
+                              expansion=expansion, augmentation=augmentation)
     result.dataset, result.model, result.protocol = str(root), index.spec.name, protocol
     result.expansion = expansion.neighbours if expansion is not None else 0
+    result.augmentation = augmentation.neighbours if augmentation is not None else 0
     if pca_dims:
         result.pca = pca_sweep(vectors, labels, pca_dims, k=k)
     if methods:

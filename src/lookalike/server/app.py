@@ -80,6 +80,8 @@ class ApiError(Exception):
 FileId = Annotated[int, PathParameter(ge=-(2**63), le=2**63 - 1, description="An image id, from a search result")]
 QeQuery = Annotated[int | None, Query(ge=0, le=20, description="α-query expansion: search again with the "
                                      "query plus this many of its best neighbours (0: off)")]
+DbaQuery = Annotated[int | None, Query(ge=0, le=20, description="Re-rank the shortlist by database-side "
+                                       "augmentation with this many neighbours each (0: off, plain cosine order)")]
 
 
 class Service:
@@ -186,15 +188,16 @@ class Service:
 
 
 def create_app(index_path: str, *, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               threads: int | None = None, steps=None, qe: int | None = None) -> FastAPI:
+               threads: int | None = None, steps=None, qe: int | None = None,
+               dba: int | None = None) -> FastAPI:
     """The app for one index. With `token`, every API call needs `Authorization: Bearer TOKEN` (or
     `?token=TOKEN`, for <img> tags that cannot send headers). `steps` hears the one-off waits of the start
-    (a model's first export, an ANN index's first build; see pipeline.Steps). `qe`: the α-query expansion
-    neighbours a search uses when it does not say (None: the library's default)."""
+    (a model's first export, an ANN index's first build; see pipeline.Steps). `qe` and `dba`: the α-query
+    expansion and augmentation neighbours a search uses when it does not say (None: the library's defaults)."""
     index = Index.open(index_path, threads=threads, steps=steps)
     service = Service(index, max_upload)
     index.steps = None  # started: nothing more to tell the console
-    default_qe = qe
+    default_qe, default_dba = qe, dba
 
     @asynccontextmanager
     async def lifespan(_):
@@ -298,7 +301,7 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
                      k: Annotated[int, Query(ge=1, le=200)] = 24,
                      metric: Metric = Metric.cosine,
                      ann: Annotated[Ann | None, Query(description="The engine, instead of the index's own")] = None,
-                     qe: QeQuery = None) -> dict:
+                     qe: QeQuery = None, dba: DbaQuery = None) -> dict:
         # The body is read here, after the token was checked, with a counter: a chunked upload (no
         # Content-Length) stops being read at the limit instead of being spooled in full first.
         try:
@@ -321,7 +324,8 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
             vector = service.batcher.embed(index.embedder.prepare(images.to_rgb(decoded.image)))
             with service.lock:
                 hits = index.search(vector, k, metric=metric.value, ann=ann.value if ann else None,
-                                    qe=qe if qe is not None else default_qe)
+                                    qe=qe if qe is not None else default_qe,
+                                    dba=dba if dba is not None else default_dba)
             return {"engine": hits.engine, "results": service.results(hits)}
 
         # A few threads at a time: hundreds of waiting requests queue on the event loop, cheaply, instead of
@@ -330,13 +334,14 @@ def create_app(index_path: str, *, token: str | None = None, max_upload: int = D
 
     @app.get("/similar/{file_id}", dependencies=api, summary="The neighbours of an indexed image")
     def similar(file_id: FileId, k: Annotated[int, Query(ge=1, le=200)] = 24, metric: Metric = Metric.cosine,
-                qe: QeQuery = None) -> dict:
+                qe: QeQuery = None, dba: DbaQuery = None) -> dict:
         path = service.path_of(file_id)
         with service.lock:
             vector = index.vector_of(path)
             if vector is None:
                 raise ApiError(404, f"image {file_id} has no vector (it could not be read when indexed)")
-            hits = index.search(vector, k, metric=metric.value, exclude=path, qe=qe if qe is not None else default_qe)
+            hits = index.search(vector, k, metric=metric.value, exclude=path, qe=qe if qe is not None else default_qe,
+                                dba=dba if dba is not None else default_dba)
         return {"engine": hits.engine, "query": {"id": file_id, "path": service.relative(path)},
                 "results": service.results(hits)}
 
