@@ -239,7 +239,7 @@ def test_index_records_the_engine_and_pca_and_search_says_which_answered(familie
     assert facts["engine"] == "hnsw" and facts["pca"] == 8 and facts["settings"]["ann"] == "hnsw"
     query = str(families / "disc" / "disc03.png")
     hits = json.loads(run_cli("search", query, "--index", str(target), "--json", "-k", "5").stdout)
-    assert hits["engine"] == "hnsw on PCA-8, re-ranked"
+    assert hits["engine"] == "hnsw on PCA-8, re-ranked, α-DBA 2 of 100"
     assert all("/disc/" in h["path"] for h in hits["results"][:3])
     exact = json.loads(run_cli("search", query, "--index", str(target), "--json", "-k", "5", "--ann",
                                "exact").stdout)
