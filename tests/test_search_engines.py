@@ -129,6 +129,23 @@ def test_every_engine_answers_like_exact_search_after_re_ranking(tmp_path, tiny_
     np.testing.assert_allclose(answer.scores[both], exact.scores[both], atol=1e-5)  # exact scores, re-ranked
 
 
+def test_hnsw_tombstones_follow_later_adds_and_removes_and_a_reload(tmp_path):
+    """The live set is cached between searches: it must change with every add and remove, and survive a save."""
+    x = clustered(600, 16, seed=3)
+    ids = np.arange(600, dtype=np.int64)
+    index = HNSWIndex.build(ids[:500], x[:500])
+    index.remove(ids[:20])
+    assert not np.isin(index.search(x[:20], 5)[1], ids[:20]).any()  # the live set is built here
+    index.add(ids[500:], x[500:])  # new positions, past the cached live set
+    assert (index.search(x[500:], 1)[1][:, 0] == ids[500:]).all()
+    index.remove(ids[500:520])
+    assert not np.isin(index.search(x[500:520], 5)[1], ids[:20].tolist() + ids[500:520].tolist()).any()
+    index.save(tmp_path)
+    again = HNSWIndex.load(tmp_path)
+    assert not np.isin(again.search(x[:20], 5)[1], ids[:20]).any()
+    assert (again.search(x[520:], 1)[1][:, 0] == ids[520:]).all()
+
+
 def test_rerank_orders_each_shortlist_by_exact_cosine_leaving_out_gaps_and_the_query_itself():
     x = clustered(300, 16, seed=2)
     ids = np.arange(300, dtype=np.int64) * 5 + 1
@@ -137,7 +154,10 @@ def test_rerank_orders_each_shortlist_by_exact_cosine_leaving_out_gaps_and_the_q
     shortlist[:, -3:] = -1  # fewer candidates than asked
     shortlist[:, 0] = ids[:30]  # each query's own id, excluded below
     scores, found = rerank(x[:30], shortlist, ids, x, 10, exclude=ids[:30])
-    for row in range(30):
+    for row in range(30):  # one query at a time (a user's search) answers as the batch does
+        alone = rerank(x[row:row + 1], shortlist[row:row + 1], ids, x, 10, exclude=ids[row:row + 1])
+        assert alone[1][0].tolist() == found[row].tolist()
+        np.testing.assert_allclose(alone[0][0], scores[row], atol=1e-6)
         candidates = [c for c in shortlist[row] if c >= 0 and c != ids[row]]
         exact = sorted(((float(x[(c - 1) // 5] @ x[row]), c) for c in candidates), reverse=True)
         assert found[row, :8].tolist() == [c for _, c in exact]

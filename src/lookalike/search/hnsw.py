@@ -48,6 +48,7 @@ class HNSWIndex:
         self.index.hnsw.efSearch = ef_search
         self.ids = np.empty(0, np.int64)  # position in the graph -> file id
         self.dead = np.zeros(0, bool)  # tombstones, by position
+        self._alive: tuple[np.ndarray, object] | None = None  # the live positions as a faiss selector, cached
 
     @staticmethod
     def defaults() -> dict:
@@ -78,9 +79,11 @@ class HNSWIndex:
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
         self.dead = np.concatenate([self.dead, np.zeros(len(ids), bool)])
+        self._alive = None
 
     def remove(self, ids: np.ndarray) -> None:
         self.dead |= np.isin(self.ids, ids)
+        self._alive = None
         if self.dead.sum() > TOMBSTONE_SHARE * len(self.ids):
             from lookalike.search.base import NeedsRebuild
 
@@ -91,13 +94,25 @@ class HNSWIndex:
         faiss = import_faiss()
         queries = as_queries(queries, self.dims)
         params = None
-        if self.dead.any():
-            skip = faiss.IDSelectorBatch(np.flatnonzero(self.dead).astype(np.int64))
-            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(skip), efSearch=ef_search or self.ef_search)
+        if (alive := self._live_selector()) is not None:
+            params = faiss.SearchParametersHNSW(sel=alive, efSearch=ef_search or self.ef_search)
         elif ef_search is not None:
             params = faiss.SearchParametersHNSW(efSearch=ef_search)
         scores, positions = self.index.search(queries, k, params=params)
         return faiss_answer(scores, positions, self.ids)
+
+    def _live_selector(self):
+        """A faiss selector of the live positions when there are tombstones (else None): a bitmap, built once
+        per change of the tombstones. Building a set of the dead positions for every query (as before) cost
+        more than the graph search itself: a query took 14.5 ms that way and 1.3 ms with this bitmap, at 200,000
+        vectors with 11,100 tombstones (a loaded 2-core AMD EPYC, load ~7, measured ad hoc)."""
+        if not self.dead.any():
+            return None
+        if self._alive is None:
+            bits = np.packbits(~self.dead, bitorder="little")  # faiss reads bit i of byte i >> 3, low bit first
+            faiss = import_faiss()
+            self._alive = (bits, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)))  # bits kept alive
+        return self._alive[1]
 
     def ids_held(self) -> np.ndarray:
         return self.ids[~self.dead]
@@ -121,5 +136,6 @@ class HNSWIndex:
         index.dims = index.index.d
         with np.load(folder / "ids.npz") as data:
             index.ids, index.dead, index.ef_search = data["ids"], data["dead"], int(data["ef_search"])
+        index._alive = None
         index.index.hnsw.efSearch = index.ef_search
         return index

@@ -228,6 +228,10 @@ class Searcher:
         the cache after a smaller update than a search would (what `lookalike index` asks); `say`: told what
         is built or updated."""
         self.refresh()
+        return self._engine(kind, save=save, say=say)
+
+    def _engine(self, kind: str, *, save: bool = False, say: Callable[[str], None] | None = None):
+        """`engine`, the caches already refreshed (a search asks the store for its generation once, not per step)."""
         if kind == "exact":
             if self._exact_space is None:
                 dead = self.data.dead if self.data.dead.any() else None
@@ -310,6 +314,9 @@ class Searcher:
 
     def choice(self, ann: str | None = None) -> Choice:
         self.refresh()
+        return self._choice(ann)
+
+    def _choice(self, ann: str | None = None) -> Choice:
         settings = self.settings if ann is None else SearchSettings(**{**asdict(self.settings), "ann": ann})
         return choose(len(self.ids), self.vectors.shape[1], settings)
 
@@ -323,14 +330,14 @@ class Searcher:
         if len(self.ids) == 0:
             raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
         queries = np.atleast_2d(np.asarray(queries, np.float32))
-        choice = self.choice(ann)
+        choice = self._choice(ann)
         projected = self._projected(choice.engine)
         approximate = choice.engine != "exact" or projected
         started = time.perf_counter()
         if not approximate:
-            scores, ids = self.engine("exact").search(queries, k, exclude=exclude)
+            scores, ids = self._engine("exact").search(queries, k, exclude=exclude)
             return Answer(scores, ids, "exact", {"search_s": time.perf_counter() - started})
-        engine = self.engine(choice.engine)
+        engine = self._engine(choice.engine)
         ready = time.perf_counter()
         wanted = (shortlist or max(self.settings.rerank, 4 * k)) + (1 if exclude is not None else 0)
         wanted = min(wanted, len(self.ids))
