@@ -406,8 +406,9 @@ def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size
         checks = checks[:-1]
     misses = [f"{name} (measured {value})" for name, ok, value in checks if not ok]
     met = [f"{name} ({value})" for name, ok, value in checks if ok]
-    first = (f"**Targets missed at {n:,} vectors: {'; '.join(misses)}.** Met: {'; '.join(met)}." if misses
-             else f"**Every target met at {n:,} vectors:** {'; '.join(met)}.")
+    where = ", ".join(machine(()).split(", ")[:2])  # the CPU and its cores, named in the first line
+    first = (f"**Targets missed at {n:,} vectors on {where}: {'; '.join(misses)}.** Met: {'; '.join(met)}."
+             if misses else f"**Every target met at {n:,} vectors on {where}:** {'; '.join(met)}.")
     table = []
     for row in rows:
         label = "shipped defaults (auto)" if row["ann"] == "auto" else f"--ann {row['ann']}"
