@@ -232,6 +232,8 @@ def test_search_with_query_expansion_searches_again_with_the_expanded_query(tmp_
         expected = index.search(by_hand[0], k=9, ann=ann, qe=0, dba=0)
         expanded = index.search(query, k=9, ann=ann, qe=2, dba=0)
         assert [h.path for h in expanded] == [h.path for h in expected]
+        own = {h.path: h.score for h in index.search(vector, k=len(index), ann="exact", dba=0)}
+        assert [h.cosine for h in expanded] == pytest.approx([own[h.path] for h in expanded], abs=1e-5)
         assert [h.score for h in expanded] == pytest.approx([h.score for h in expected], abs=1e-5)
         assert "α-QE 2" in expanded.engine
         plain = index.search(query, k=9, ann=ann)
@@ -289,6 +291,7 @@ def test_search_reranks_its_shortlist_by_augmentation_by_default(tmp_path, tiny_
         assert [h.path for h in found] == [plain[int(i)].path for i in order[:5]]
         assert [h.score for h in found] == pytest.approx(by_hand[order[:5]].tolist(), abs=1e-5)
         assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+        assert [h.cosine for h in found] == pytest.approx([plain[int(i)].score for i in order[:5]], abs=1e-5)
         assert "α-DBA 2" in found.engine and "α-DBA" not in plain.engine
         similar = index.similar(query, k=4, ann=ann)
         assert str(query) not in [h.path for h in similar] and len(similar) == 4

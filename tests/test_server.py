@@ -56,8 +56,8 @@ def test_search_by_upload_returns_the_same_family_with_urls(served):
     assert [r["path"].split("/")[1] for r in body["results"]] == ["stripes"] * 3
     first = body["results"][0]
     assert first["path"].startswith("photos/stripes/") and first["thumbnail"] == f"/thumbs/{first['id']}"
-    assert set(first) == {"id", "path", "score", "width", "height", "thumbnail", "image", "stale", "bytes"}
-    assert first["stale"] is None and first["bytes"] > 100
+    assert set(first) == {"id", "path", "score", "cosine", "width", "height", "thumbnail", "image", "stale", "bytes"}
+    assert first["stale"] is None and first["bytes"] > 100 and 0 < first["cosine"] <= 1
     assert upload(client, png_bytes(picture("disc", seed=7)), metric="euclidean", ann="exact").status_code == 200
 
 

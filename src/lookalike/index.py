@@ -48,10 +48,11 @@ DEFAULT_DBA = Augmentation()
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. score is the cosine similarity (higher is closer) or the euclidean distance
-    between unit vectors (lower is closer), as asked; with database-side augmentation on (the default) it is
-    taken to the image's vector augmented with its nearest other results (search/rerank.py), the score
-    the results are ordered by."""
+    """One search result. score, which orders the results, is the cosine similarity (higher is closer) or the
+    euclidean distance between unit vectors (lower is closer), as asked; with database-side augmentation on
+    (the default) it is taken to the image's vector augmented with its nearest other results
+    (search/rerank.py), so an exact copy of the query scores a little under 1. cosine is always the plain
+    cosine similarity of the query and this image's own vector: 1 for an exact copy."""
 
     rank: int
     score: float
@@ -61,6 +62,7 @@ class Hit:
     height: int
     stale: str | None = None  # "gone" or "changed": the file on disk is not what was indexed
     bytes: int = 0  # the file's size when it was indexed
+    cosine: float | None = None  # the plain cosine to the image's own vector (None where not known)
 
 
 def find_index(start: str | os.PathLike | None = None) -> tuple[str, str] | None:
@@ -396,7 +398,7 @@ class Index:
         augmentation = dba if isinstance(dba, Augmentation) else (DEFAULT_DBA if dba is None
                                                                   else Augmentation(dba))
         started = time.perf_counter()
-        vector = query if isinstance(query, np.ndarray) else self.embed(query)
+        vector = asked = query if isinstance(query, np.ndarray) else self.embed(query)
         skip = None if exclude is None else self.store.id_of(str(exclude))
         skipped = None if skip is None else np.array([skip])
         if expansion.on:
@@ -407,27 +409,41 @@ class Index:
         wanted = max(k, augmentation.shortlist) if augmentation.on else k
         answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped)
         scores, ids = answer.scores[0], answer.ids[0]
+        cosines = scores
         engine = answer.engine + (f", α-QE {expansion.neighbours}" if expansion.on else "")
         if augmentation.on:
-            scores, ids = self._augmented(vector, scores, ids, augmentation)
+            scores, ids, cosines = self._augmented(vector, scores, ids, augmentation)
             engine += f", α-DBA {augmentation.neighbours} of {augmentation.shortlist}"
-        hits = self._hits(scores[:k], ids[:k], metric)
+        if expansion.on:  # the scores were taken to the expanded query: the plain cosine is to the query asked
+            cosines = self._plain_cosines(asked, ids[:k])
+        hits = self._hits(scores[:k], ids[:k], metric, cosines=cosines[:k])
         return Results(self.check_files(hits), engine, time.perf_counter() - started)
 
-    def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
-                   augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray]:
-        """One query's shortlist (scores float32 [c], ids int64 [c], -1 for none) re-scored and re-ordered by
-        database-side augmentation."""
+    def _plain_cosines(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """float32 [len(ids)]: the cosine of `vector` to each of these ids' own vectors (-1 ids: nan)."""
+        out = np.full(len(ids), np.nan, np.float32)
         found = ids >= 0
-        ids = ids[found]
+        if found.any():
+            order = np.argsort(ids[found])
+            rows = np.empty((int(found.sum()), vector.shape[0]), np.float32)
+            rows[order] = self.searcher.vectors_of(ids[found][order])
+            out[found] = rows @ vector
+        return out
+
+    def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+                   augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One query's shortlist (scores float32 [c], ids int64 [c], -1 for none) re-scored and re-ordered by
+        database-side augmentation: (new scores, ids, the plain cosine scores), in the new order."""
+        found = ids >= 0
+        ids, scores = ids[found], scores[found]
         if len(ids) < 2:
-            return scores[found], ids
+            return scores, ids, scores
         order = np.argsort(ids)  # vectors are read in ascending id order (sequential reads of the map)
         candidates = np.empty((len(ids), vector.shape[0]), np.float32)
         candidates[order] = self.searcher.vectors_of(ids[order])
         rescored = augmentation.rescore(vector[None, :], candidates[None])[0]
         best = np.argsort(-rescored, kind="stable")
-        return rescored[best], ids[best]
+        return rescored[best], ids[best], scores[best]
 
     def check_files(self, hits: list[Hit]) -> list[Hit]:
         """The hits, each marked stale="gone" or "changed" where the file on disk is no longer what was indexed
@@ -539,13 +555,16 @@ class Index:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str, files: dict | None = None) -> list[Hit]:
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, metric: str, files: dict | None = None, *,
+              cosines: np.ndarray | None = None) -> list[Hit]:
         files = files if files is not None else self.store.files(ids)
+        cosines = scores if cosines is None else cosines
         hits: list[Hit] = []
-        for score, file_id in zip(scores, ids, strict=True):
+        for score, file_id, cosine in zip(scores, ids, cosines, strict=True):
             if not np.isfinite(score) or int(file_id) not in files:
                 continue
             path, width, height = files[int(file_id)]
             value = float(np.sqrt(max(0.0, 2.0 - 2.0 * float(score)))) if metric == "euclidean" else float(score)
-            hits.append(Hit(len(hits) + 1, value, path, int(file_id), width or 0, height or 0))
+            plain = float(cosine) if np.isfinite(cosine) else None
+            hits.append(Hit(len(hits) + 1, value, path, int(file_id), width or 0, height or 0, cosine=plain))
         return hits

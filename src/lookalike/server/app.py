@@ -114,6 +114,7 @@ class Service:
     def results(self, hits, *, scored: bool = True) -> list[dict]:
         """Hits as clients see them; `stale` says "gone" or "changed" where the file is not what was indexed."""
         return [{"id": h.id, "path": self.relative(h.path), "score": round(h.score, 6) if scored else None,
+                 "cosine": round(h.cosine, 6) if scored and h.cosine is not None else None,
                  "width": h.width, "height": h.height, "bytes": h.bytes, "stale": h.stale,
                  "thumbnail": f"/thumbs/{h.id}", "image": f"/images/{h.id}"} for h in hits]
 
