@@ -295,3 +295,8 @@ def test_search_reranks_its_shortlist_by_augmentation_by_default(tmp_path, tiny_
         assert "α-DBA 2" in found.engine and "α-DBA" not in plain.engine
         similar = index.similar(query, k=4, ann=ann)
         assert str(query) not in [h.path for h in similar] and len(similar) == 4
+        # a k beyond the shortlist: the shortlist re-ordered, the rest after it in plain order
+        short = index.search(vector, k=len(index), ann=ann, dba=Augmentation(2, shortlist=4))
+        head = Augmentation(2, shortlist=4).rescore(vector[None], vectors[rows[:4]][None])[0]
+        assert [h.path for h in short[:4]] == [plain[int(i)].path for i in np.argsort(-head, kind="stable")]
+        assert [h.path for h in short[4:]] == [h.path for h in plain[4:]]

@@ -432,17 +432,20 @@ class Index:
 
     def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                    augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One query's shortlist (scores float32 [c], ids int64 [c], -1 for none) re-scored and re-ordered by
-        database-side augmentation: (new scores, ids, the plain cosine scores), in the new order."""
+        """One query's results in plain order (scores float32 [c], ids int64 [c], -1 for none), their first
+        `augmentation.shortlist` re-scored and re-ordered by database-side augmentation, the rest after them as
+        they were (a large k costs no more than the shortlist): (scores, ids, the plain cosine scores)."""
         found = ids >= 0
         ids, scores = ids[found], scores[found]
-        if len(ids) < 2:
+        head = min(len(ids), augmentation.shortlist)
+        if head < 2:
             return scores, ids, scores
-        order = np.argsort(ids)  # vectors are read in ascending id order (sequential reads of the map)
-        candidates = np.empty((len(ids), vector.shape[0]), np.float32)
-        candidates[order] = self.searcher.vectors_of(ids[order])
-        rescored = augmentation.rescore(vector[None, :], candidates[None])[0]
-        best = np.argsort(-rescored, kind="stable")
+        order = np.argsort(ids[:head])  # vectors are read in ascending id order (sequential reads of the map)
+        candidates = np.empty((head, vector.shape[0]), np.float32)
+        candidates[order] = self.searcher.vectors_of(ids[:head][order])
+        rescored = scores.copy()
+        rescored[:head] = augmentation.rescore(vector[None, :], candidates[None])[0]
+        best = np.concatenate([np.argsort(-rescored[:head], kind="stable"), np.arange(head, len(ids))])
         return rescored[best], ids[best], scores[best]
 
     def check_files(self, hits: list[Hit]) -> list[Hit]:
