@@ -56,7 +56,8 @@ K = 10
 QUERIES = 1000
 LATENCY_QUERIES = 300
 HEADER = ("| settings: engine | build (`lookalike index`'s last step; peak RSS) | open + first query, cold / warm "
-          "| one query p50 / p99 | recall@10 | peak RSS searching | load |")
+          "| one query p50 / p99, shipped (α-DBA) | the same, dba=0 | recall@10 (dba=0) | exact top 10 in the "
+          "shipped answer | peak RSS searching | load |")
 TARGETS = {"p50_ms": 1.0, "recall": 0.95, "rss_gb": 2.0, "add_100_s": 5.0, "warm_open_s": 3.0, "build_s": 600.0}
 
 
@@ -207,22 +208,34 @@ def cpu_seconds() -> float:
 
 
 def phase_search(path: Path, queries: np.ndarray, truth: np.ndarray, cold: bool) -> dict:
+    """Open + first query, then single queries as a user runs them (the shipped defaults, α-DBA re-ordering
+    the shortlist included) and, in turns with them, the same with dba=0 (plain cosine order); recall@10
+    of the dba=0 answers against exact cosine (what the engine and re-ranking find), and how much of the
+    exact top 10 the shipped answer holds (α-DBA re-orders by design, so that is not a recall)."""
     if cold:
         evict(path)
     started = time.perf_counter()
     index = Index.open(path)
     first = index.search(queries[0], K)
     open_s = time.perf_counter() - started
-    times = []
+    times: dict[str, list[float]] = {"shipped": [], "plain": []}
     for query in queries[1:LATENCY_QUERIES + 1]:
-        started = time.perf_counter()
-        index.search(query, K)
-        times.append(1000 * (time.perf_counter() - started))
-    found = np.array([[hit.id for hit in index.search(query, K)] + [-1] * K for query in queries])[:, :K]
-    recall = float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth, strict=True)]))
+        for name, dba in (("shipped", None), ("plain", 0)):
+            started = time.perf_counter()
+            index.search(query, K, dba=dba)
+            times[name].append(1000 * (time.perf_counter() - started))
+
+    def overlap(dba: int | None) -> float:
+        found = np.array([[hit.id for hit in index.search(query, K, dba=dba)] + [-1] * K
+                          for query in queries])[:, :K]
+        return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth, strict=True)]))
+
+    recall, shipped_overlap = overlap(0), overlap(None)
     index.close()
-    return {"open_first_s": open_s, "engine": first.engine, "p50_ms": float(np.median(times)),
-            "p99_ms": float(np.percentile(times, 99)), "recall": recall, **memory()}
+    return {"open_first_s": open_s, "engine": first.engine, "p50_ms": float(np.median(times["shipped"])),
+            "p99_ms": float(np.percentile(times["shipped"], 99)), "plain_p50_ms": float(np.median(times["plain"])),
+            "plain_p99_ms": float(np.percentile(times["plain"], 99)), "recall": recall,
+            "shipped_overlap": shipped_overlap, **memory()}
 
 
 def phase_update(path: Path, queries: np.ndarray, real: np.ndarray, sigma: float) -> dict:
@@ -393,8 +406,9 @@ def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size
     shipped = rows[0]
     misses = []
     warm, build = shipped["warm"], shipped["build"]
-    checks = [("p50 ≤ 1 ms", warm["p50_ms"] <= TARGETS["p50_ms"], f"{warm['p50_ms']:.2f} ms"),
-              ("recall@10 ≥ 0.95", warm["recall"] >= TARGETS["recall"], f"{warm['recall']:.3f}"),
+    checks = [("p50 ≤ 1 ms", warm["p50_ms"] <= TARGETS["p50_ms"],
+               f"{warm['p50_ms']:.2f} ms shipped, {warm['plain_p50_ms']:.2f} ms with dba=0"),
+              ("recall@10 ≥ 0.95", warm["recall"] >= TARGETS["recall"], f"{warm['recall']:.3f}, dba=0"),
               ("RSS ≤ 2 GB while searching", warm["peak_rss_gb"] <= TARGETS["rss_gb"],
                f"{warm['peak_rss_gb']:.2f} GB"),
               ("add 100 then search ≤ 5 s", update["add_100_s"] <= TARGETS["add_100_s"],
@@ -417,7 +431,8 @@ def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size
                  else f"not built: loaded in {build['build_s']:.0f} s")
         table.append(f"| {label}: {warm['engine']} | {built} ({build['peak_rss_gb']:.1f} GB) | "
                      f"{cold['open_first_s']:.2f} s / {warm['open_first_s']:.2f} s | {warm['p50_ms']:.2f} / "
-                     f"{warm['p99_ms']:.2f} ms | {warm['recall']:.3f} | {warm['peak_rss_gb']:.2f} GB "
+                     f"{warm['p99_ms']:.2f} ms | {warm['plain_p50_ms']:.2f} / {warm['plain_p99_ms']:.2f} ms | "
+                     f"{warm['recall']:.3f} | {warm['shipped_overlap']:.3f} | {warm['peak_rss_gb']:.2f} GB "
                      f"({warm['anon_gb']:.2f} + {warm['file_gb']:.2f}) | "
                      f"{row['load_before'][0]:.1f}-{row['load_after'][0]:.1f} |")
     body = f"""## Search at {n:,} vectors, the shipped path (issues 5 and 17)
@@ -434,7 +449,7 @@ is measured through `Index` (open, `search(vector)` with paths in the results), 
 the machine is shared with other developers' work, so the load average (1 min) is given per row.
 
 {HEADER}
-|---|---|---|---|---|---|---|
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
 Engines measured at this size: {", ".join(r["ann"] for r in rows)} (others: `--ann` with this script).
@@ -448,7 +463,13 @@ removing 1,000 then searching **{update['remove_1000_s']:.2f} s**; each added ve
 query: {update['add_100_found'] and update['add_10000_found']}, no removed one was answered:
 {update['remove_1000_clean']}. A fresh
 process after those changes: open + first query {after['open_first_s']:.2f} s (the saved graph loaded and the
-changes not yet saved applied to it), p50 {after['p50_ms']:.2f} ms, recall@10 {after['recall']:.3f}.
+changes not yet saved applied to it), p50 {after['p50_ms']:.2f} ms ({after['plain_p50_ms']:.2f} ms with dba=0),
+recall@10 {after['recall']:.3f} (dba=0).
+
+Recall@10 is measured with `dba=0`: the answer in cosine order, against the exact cosine top 10, which is what
+the target means (what the engine and re-ranking find). The shipped default then re-orders the best
+100 by α-DBA (issue 15), on purpose not in cosine order; the "exact top 10 in the shipped answer" column
+says how much of the cosine top 10 it keeps. Latencies of both are measured in turns, query by query.
 
 Targets (issue 17), for the shipped defaults: p50 ≤ 1 ms at recall@10 ≥ 0.95 after re-ranking, RSS ≤ 2 GB
 while searching, adding 100 then searching ≤ 5 s, open + first query warm ≤ 3 s, build ≤ 10 min on 2 cores.

@@ -301,3 +301,23 @@ def test_neighbours_writes_every_image_with_its_k_nearest(families, tiny_model, 
     assert len(table) == 72 and table[0].keys() == {"path", "rank", "neighbour", "cosine"}
     bad = run_cli("neighbours", "--index", str(target), "--out", str(tmp_path / "nb.txt"))
     assert bad.returncode == 2 and "--out must end in .json or .csv" in bad.stderr
+
+
+def test_augmentation_multiplies_its_small_matrices_on_one_blas_thread(monkeypatch):
+    """α-DBA's Gram matrix of the shortlist is small: shared between BLAS threads on a busy machine it took
+    tens of milliseconds instead of one (search/rerank.py). Every product it makes runs on one thread."""
+    from threadpoolctl import threadpool_info
+
+    from lookalike.search.rerank import Augmentation
+
+    threads: list[int] = []
+    matmul = np.matmul
+
+    def spy(*args, **kwargs):
+        threads.append(max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"))
+        return matmul(*args, **kwargs)
+
+    x = clustered(101, 64, seed=4)
+    monkeypatch.setattr(np, "matmul", spy)
+    Augmentation().rescore(x[:1], x[None, 1:])
+    assert threads and set(threads) == {1}
