@@ -37,8 +37,10 @@ def test_search_prints_a_table_json_and_a_grid(indexed, photo_dir, tmp_path):
     table = run_cli("search", str(query), "--index", str(indexed), "-k", "3")
     assert table.returncode == 0, table.stderr
     header, first, *_ = table.stdout.splitlines()  # piped output: tab-separated, whole paths
-    assert header.split("\t") == ["rank", "cosine", "path"]
+    assert header.split("\t") == ["rank", "cosine (re-ranked)", "path"]  # the default re-ranking's score
     assert first.split("\t")[0] == "1" and first.split("\t")[2] == str(query)
+    plain = run_cli("search", str(query), "--index", str(indexed), "-k", "3", "--dba", "0").stdout.splitlines()
+    assert plain[0].split("\t") == ["rank", "cosine", "path"] and plain[1].split("\t")[1] == "1.0000"
 
     result = run_cli("search", str(query), "--index", str(indexed), "-k", "3", "--json", "--grid",
                      str(tmp_path / "grid.png"))

@@ -300,3 +300,53 @@ def test_search_reranks_its_shortlist_by_augmentation_by_default(tmp_path, tiny_
         head = Augmentation(2, shortlist=4).rescore(vector[None], vectors[rows[:4]][None])[0]
         assert [h.path for h in short[:4]] == [plain[int(i)].path for i in np.argsort(-head, kind="stable")]
         assert [h.path for h in short[4:]] == [h.path for h in plain[4:]]
+
+
+def test_an_exact_copy_of_the_query_stays_first_with_its_plain_score():
+    # Candidate 0 is the query itself; 1 and 2 are a tight pair close to it. Augmented, the pair could score
+    # above the copy, whose nearest neighbours pull it away from the query: the copy keeps cosine 1 and rank 1.
+    q = np.array([[1.0, 0.0, 0.0]], np.float32)
+    candidates = np.array([[[1.0, 0.0, 0.0], [0.97, 0.243, 0.0], [0.96, 0.28, 0.0]]], np.float32)
+    candidates /= np.linalg.norm(candidates, axis=2, keepdims=True)
+    scores = Augmentation(2, alpha=3.0).rescore(q, candidates)[0]
+    assert scores[0] == pytest.approx(1.0, abs=1e-6) and scores[0] >= scores[1:].max()
+
+
+def test_copies_of_a_candidate_do_not_count_as_its_neighbours():
+    # Candidate 1 has a byte-identical copy (2) in the shortlist and another view (3): the copy is no evidence
+    # of anything, so 1 is augmented with 3 as it would be without the copy.
+    q = np.array([[1.0, 0.0, 0.0]], np.float32)
+    view, other = [0.85, 0.527, 0.0], [0.8, 0.4, 0.447]
+    with_copy = np.array([[view, view, other]], np.float32)
+    alone = np.array([[view, other]], np.float32)
+    with_copy /= np.linalg.norm(with_copy, axis=2, keepdims=True)
+    alone /= np.linalg.norm(alone, axis=2, keepdims=True)
+    got = Augmentation(1, alpha=3.0).rescore(q, with_copy)[0]
+    want = Augmentation(1, alpha=3.0).rescore(q, alone)[0]
+    assert got[0] == pytest.approx(want[0], abs=1e-6) and got[1] == pytest.approx(want[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", True, 21, None])
+def test_augmentation_refuses_what_is_not_a_small_whole_number(bad):
+    if bad is None:
+        assert not Augmentation(0).on
+        return
+    with pytest.raises(UsageError, match="--dba"):
+        Augmentation(bad)
+
+
+def test_search_refuses_a_bad_k_or_query_vector_and_normalises_a_long_one(tmp_path, tiny_model, photo_dir):
+    with Index.open(tmp_path / "odd.lookalike", model=str(tiny_model), create=True) as index:
+        index.add([photo_dir])
+        vector = index.embed(photo_dir / "disc" / "disc0.jpg")
+        for k in (0, -1, 2.5, None):
+            with pytest.raises(UsageError, match="k must be"):
+                index.search(vector, k)  # type: ignore[arg-type]
+        for bad in (np.full_like(vector, np.nan), np.zeros_like(vector), vector[:-1], vector[None]):
+            with pytest.raises(UsageError, match="query vector"):
+                index.search(bad, 3)
+        long = index.search(vector * 100, 3)
+        assert [h.path for h in long] == [h.path for h in index.search(vector, 3)]
+        assert long[0].cosine == pytest.approx(1.0, abs=1e-5)
+        with pytest.raises(UsageError, match="--qe"):
+            index.search(vector, 3, qe=1.5)  # type: ignore[arg-type]

@@ -270,6 +270,10 @@ def test_eval_shows_the_reference_column_only_for_caltech101(tmp_path, tiny_mode
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if line.startswith("figure"))
     assert header.split() == ["figure", "lookalike"]
+    assert re.search(r"ranking .*α-DBA 2", result.stdout)  # says how it ranked, as search does by default
+    plain = run_cli("eval", str(photo_dir), "--index", str(tmp_path / "photos.lookalike"), "--pca", "none",
+                    "--no-timing", "--dba", "0", cwd=tmp_path)
+    assert re.search(r"ranking .*plain cosine", plain.stdout)
     page = (tmp_path / "report" / "report.md").read_text()
     assert "| figure | lookalike |\n" in page and "ResNet-50" not in page
     data = json.loads(run_cli("eval", str(photo_dir), "--index", str(tmp_path / "photos.lookalike"), "--pca", "none",

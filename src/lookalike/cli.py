@@ -424,19 +424,21 @@ def search(
             shown = query
         roots = idx.info()["roots"] if any(hit.stale for hit in hits) else []
         model_name = idx.spec.name
+    # the default re-ranking orders by its own score (README): the column says so, unless --dba 0 (and no --qe)
+    column = metric.value if not (_augmentation(dba).on or _expansion(qe).on) else f"{metric.value} (re-ranked)"
     if as_json:
         print(json.dumps({"query": str(shown), "metric": metric.value, "model": model_name,
                           "engine": hits.engine, "seconds": hits.seconds, "index": index,
                           "results": [hit.__dict__ for hit in hits]}, indent=2))
     elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
-        _raw(f"rank\t{metric.value}\tpath")
+        _raw(f"rank\t{column}\tpath")
         for hit in hits:
             _raw(f"{hit.rank}\t{hit.score:.4f}\t{hit.path}")
     else:
         table = Table(title=f"like {shown}", title_justify="left", box=None, pad_edge=False,
                       caption=f"{hits.engine}, {1000 * hits.seconds:.1f} ms", caption_justify="left")
         table.add_column("rank", justify="right")
-        table.add_column(metric.value, justify="right")
+        table.add_column(column, justify="right")
         table.add_column("path", overflow="fold")
         for hit in hits:
             flag = Text(f" ({hit.stale} since indexed)", style="red") if hit.stale else ""

@@ -393,12 +393,14 @@ class Index:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         if ann is not None and ann not in ENGINES:
             raise UsageError(f"--ann must be one of {', '.join(ENGINES)}, not {ann!r}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise UsageError(f"k must be a whole number of results, 1 or more, not {k!r}")
         expansion = qe if isinstance(qe, QueryExpansion) else QueryExpansion(DEFAULT_QE.neighbours if qe is None
                                                                              else qe)
         augmentation = dba if isinstance(dba, Augmentation) else (DEFAULT_DBA if dba is None
                                                                   else Augmentation(dba))
         started = time.perf_counter()
-        vector = asked = query if isinstance(query, np.ndarray) else self.embed(query)
+        vector = asked = self._query_vector(query) if isinstance(query, np.ndarray) else self.embed(query)
         skip = None if exclude is None else self.store.id_of(str(exclude))
         skipped = None if skip is None else np.array([skip])
         if expansion.on:
@@ -418,6 +420,17 @@ class Index:
             cosines = self._plain_cosines(asked, ids[:k])
         hits = self._hits(scores[:k], ids[:k], metric, cosines=cosines[:k])
         return Results(self.check_files(hits), engine, time.perf_counter() - started)
+
+    def _query_vector(self, query: np.ndarray) -> np.ndarray:
+        """A vector given as the query, checked and made unit length: float32 [dims]."""
+        vector = np.asarray(query, np.float32)
+        if vector.shape != (self.spec.dims,):
+            raise UsageError(f"the query vector must be {self.spec.dims} numbers (float32 [{self.spec.dims}]), "
+                             f"not an array of shape {vector.shape}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise UsageError("the query vector must be finite and not all zeros")
+        return vector / norm
 
     def _plain_cosines(self, vector: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """float32 [len(ids)]: the cosine of `vector` to each of these ids' own vectors (-1 ids: nan)."""

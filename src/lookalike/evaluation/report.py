@@ -26,7 +26,11 @@ def summary_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     """(figure, lookalike, reference) rows: the reference pipeline's table, with ours beside it."""
     k = result.k
     reference_p = f"{REFERENCE['p_at_4']} %" if k == 4 and result.protocol == "classes" else "-"
+    steps = [f"α-QE {result.expansion}"] * bool(result.expansion) + [f"α-DBA {result.augmentation}"] * bool(
+        result.augmentation)
     rows = [
+        ("ranking (as `lookalike search`; --dba 0 --qe 0: plain cosine)", ", ".join(steps) or "plain cosine",
+         "plain distance"),
         (f"P@{k}, query excluded ({result.queries:,} queries, {result.groups} groups)", _pct(result.p_at_k),
          reference_p),
         (f"recall@{k} (share of the query's group found)", _pct(result.recall_at_k), "-"),
@@ -41,8 +45,8 @@ def summary_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     for method in result.methods:
         ref = next((v for key, v in reference_ms.items() if _same_method(key, method.name)), None)
         sampled = f", {method.queries:,} sampled queries" if method.queries else ""
-        figure = (f"one query: {method.name} (recall@10 {_pct(method.recall_at_10)}, P@{k} {_pct(method.p_at_k)}"
-                  f"{sampled})")
+        figure = (f"one query: {method.name}, no re-ranking (recall@10 {_pct(method.recall_at_10)}, "
+                  f"P@{k} {_pct(method.p_at_k)}{sampled})")
         rows.append((figure, _ms(method.ms_per_query) if not method.note else method.note, _ms(ref)))
     if result.extraction_s is not None:
         rows.append((f"feature extraction, whole set ({result.extraction_images:,} images)",

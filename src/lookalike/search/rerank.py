@@ -31,6 +31,15 @@ from lookalike.errors import UsageError
 
 QE_NEIGHBOURS = 2
 QE_ALPHA = 3.0
+MAX_NEIGHBOURS = 20  # for --qe and --dba: more only blurs the picture (and the CLI and API cap it so)
+SAME = 0.9999  # cosine at or above which two unit vectors are the same picture (a copy, a re-save at most)
+
+
+def _check_neighbours(option: str, value: object) -> None:
+    """The library refuses what the CLI and API refuse: a whole number of neighbours from 0 to MAX_NEIGHBOURS."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value <= MAX_NEIGHBOURS:
+        raise UsageError(f"{option} takes a whole number of neighbours from 0 (off) to {MAX_NEIGHBOURS}, "
+                         f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,7 @@ class QueryExpansion:
     alpha: float = QE_ALPHA
 
     def __post_init__(self) -> None:
-        if self.neighbours < 0:
-            raise UsageError(f"--qe takes a number of neighbours (0 turns it off), not {self.neighbours}")
+        _check_neighbours("--qe", self.neighbours)
         if self.alpha < 0:
             raise UsageError(f"the query expansion's alpha must be 0 or more, not {self.alpha}")
 
@@ -92,8 +100,7 @@ class Augmentation:
     alpha: float = DBA_ALPHA
 
     def __post_init__(self) -> None:
-        if self.neighbours < 0:
-            raise UsageError(f"--dba takes a number of neighbours (0 turns it off), not {self.neighbours}")
+        _check_neighbours("--dba", self.neighbours)
         if self.shortlist < 1 or self.alpha < 0:
             raise UsageError(f"the augmentation needs a shortlist of 1 or more and alpha >= 0, not {self}")
 
@@ -123,7 +130,7 @@ class Augmentation:
         numerator, square = cosine.copy(), own.copy()
         if take > 0:
             others = gram.copy()
-            others[:, np.arange(c), np.arange(c)] = -np.inf  # not its own neighbour
+            others[others >= SAME] = -np.inf  # not itself, nor a copy of itself: no evidence of anything
             others[~np.broadcast_to(valid[:, None, :], others.shape)] = -np.inf
             nearest = np.argpartition(-others, take - 1, axis=2)[:, :, :take]  # [m, c, t]
             similar = np.take_along_axis(others, nearest, axis=2)
@@ -135,8 +142,11 @@ class Augmentation:
             square += 2 * (weights * similar).sum(axis=2)  # |a|^2 = |x|^2 + 2 sum w_j x.x_j + sum w_j w_l x_j.x_l
             square += np.einsum("mck,mcl,mckl->mc", weights, weights, between)
         augmented = numerator / np.sqrt(np.maximum(square, 1e-12))
+        copies = cosine >= SAME  # nothing is more like the query than a copy of it: first, at its plain score
+        augmented[copies] = np.maximum(augmented[copies], cosine[copies])
         scores[valid] = augmented[valid]
         return scores
 
 
 NO_AUGMENTATION = Augmentation(0)
+
