@@ -186,6 +186,52 @@ def link_hard_negatives(folder: Path) -> list[str]:
     return names
 
 
+def reshot(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A synthetic *other shot* of the same scene (dev only, for choosing thresholds): the camera turned a
+    little (a homography moving each corner up to 1.5 % of the frame), parallax (a smooth displacement field
+    of 0.4-1.5 px at the 320 px the checks run on), in half of them a part of the scene moved (a patch shifted
+    by 2-5 % of the frame: a person, a branch), and another exposure's noise and JPEG."""
+    import cv2
+
+    rgb = np.asarray(im.convert("RGB"), np.float32)
+    h, w = rgb.shape[:2]
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    moved = (corners + rng.uniform(-0.015, 0.015, (4, 2)) * (w, h)).astype(np.float32)
+    homography = cv2.getPerspectiveTransform(moved, corners).astype(np.float32)  # output pixel -> source pixel
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ones = np.ones_like(xx)
+    src = np.einsum("ij,jhw->ihw", homography, np.stack([xx, yy, ones]))
+    map_x, map_y = src[0] / src[2], src[1] / src[2]
+    amplitude = rng.uniform(0.4, 1.5) * max(h, w) / 320
+    field = rng.normal(0, 1, (2, 4, 4)).astype(np.float32)
+    map_x += cv2.resize(field[0], (w, h), interpolation=cv2.INTER_CUBIC) * amplitude
+    map_y += cv2.resize(field[1], (w, h), interpolation=cv2.INTER_CUBIC) * amplitude
+    out = cv2.remap(rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if rng.random() < 0.5:
+        ph, pw = int(h * rng.uniform(0.12, 0.25)), int(w * rng.uniform(0.12, 0.25))
+        y, x = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))
+        dy, dx = (int(v) for v in rng.uniform(0.02, 0.05, 2) * (h, w) * rng.choice([-1, 1], 2))
+        y2, x2 = min(max(0, y + dy), h - ph), min(max(0, x + dx), w - pw)
+        out[y2:y2 + ph, x2:x2 + pw] = out[y:y + ph, x:x + pw].copy()
+    out += rng.normal(0, rng.uniform(1.5, 4.0), out.shape).astype(np.float32)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def make_reshots(folder: Path, seed: int = 5_000_000) -> list[tuple[str, str]]:
+    """One synthetic re-shot (see `reshot`) of every second holidays_dev photo of the dev half and of 100 dev
+    Caltech101 photos that have no edited copies, written into `folder`; their originals are in the dev set
+    already. Returns [(source path, re-shot name)]: pairs that must NOT be flagged."""
+    holidays = [p for p in sorted(HOLIDAYS.glob("*.jpg")) if int(p.stem) // 100 < 1075][::2]
+    sources = holidays + originals("dev")[1::3][:100]
+    pairs = []
+    for n, path in enumerate(sources):
+        rng = np.random.default_rng(seed + n)
+        shot = f"reshot-{path.parent.name}-{path.stem}.jpg"
+        reshot(Image.open(path), rng).save(folder / shot, quality=int(rng.integers(85, 96)))
+        pairs.append((str(path), shot))
+    return pairs
+
+
 def link_holidays(folder: Path, half: str) -> list[str]:
     """holidays_dev: groups of other shots of one scene. `half` dev: groups 1000-1074, test: 1075-1149."""
     names = []
