@@ -134,7 +134,8 @@ class Evidence:
         facts = (f"{self.inliers} matching points, {'mirrored, ' if self.mirrored else ''}rotated "
                  f"{self.rotation:+.1f}°, scaled ×{self.scale:.2f}, overlap {self.coverage:.0%} of the smaller, "
                  f"gradients agree in {self.cells_agreeing:.0%} of cells ({self.fine_cells:.0%} in fine detail), "
-                 f"perspective {self.perspective:.1f} px, local shifts {self.local_shift:.2f} px")
+                 f"perspective {self.perspective:.1f} px"
+                 + (f", local shifts {self.local_shift:.2f} px" if self.local_shift else ""))  # measured when needed
         return facts if self.same else f"{self.reason} ({facts})"
 
 
