@@ -412,8 +412,9 @@ half (groups 1075-1149) is the same as before and its flagged pairs were looked 
 (their recorded evidence again in this one, before the re-shot check was made). That check (the local shifts
 of aligned patches, src/lookalike/dupes/verify.py) was chosen on the dev set only, with 205 synthetic
 re-shots added to it (benchmarks/dupes_sets.reshot: none of the dev holidays re-shots passed the earlier checks,
-so they could not choose it). Precision counts every found pair that involves an edited-set image; a pair of
-two originals is wrong.
+so they could not choose it; a holidays image flagged with its own synthetic re-shot counts as flagged in the
+dev set's holidays row). Precision counts every found pair that involves an edited-set image; a pair of two
+originals is wrong.
 {chr(10).join(lines)}
 
 Targets (issue 13): holidays ≤ 1 % flagged, Caltech subset ≤ 3 % flagged, test pair precision ≥ 0.98 and
