@@ -401,3 +401,26 @@ def test_vectors_of_reads_the_right_rows_once_some_are_tombstones(tmp_path, spec
     got = searcher.vectors_of(wanted)
     assert searcher.data.dead.any()  # the case under test
     np.testing.assert_allclose(got, vectors[::7], atol=1e-6)
+
+
+def test_a_search_for_more_results_than_it_sizes_for_walks_the_same_shortlist(tmp_path, spec, monkeypatch):
+    """Re-ranking by augmentation asks for 100 results of a search for 10: the approximate engine must be asked
+    for the shortlist a search for 10 re-ranks (the settings' 200), not 4 x 100 (a wider, slower walk)."""
+    from lookalike.search.hnsw import HNSWIndex
+
+    x = clustered(1200, DIMS, seed=9)
+    store = make_store(tmp_path / "sized.lookalike", spec, x)
+    SearchSettings(ann="hnsw").save(store)
+    searcher = Searcher(store)
+    asked: list[int] = []
+    original = HNSWIndex.search
+
+    def spy(self, queries, k, **kwargs):
+        asked.append(k)
+        return original(self, queries, k, **kwargs)
+
+    monkeypatch.setattr(HNSWIndex, "search", spy)
+    plain = searcher.search(x[:1], 10)
+    wide = searcher.search(x[:1], 100, sized_for=10)
+    assert asked == [200, 200] and wide.ids.shape == (1, 100)
+    assert set(plain.ids[0].tolist()) <= set(wide.ids[0].tolist())  # the same shortlist, more of it kept

@@ -409,7 +409,7 @@ class Index:
             neighbours = self.searcher.vectors_of(first.ids[0][found])
             vector = expansion.expand(vector[None, :], neighbours[None], first.scores[0][found][None])[0]
         wanted = max(k, augmentation.shortlist) if augmentation.on else k
-        answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped)
+        answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped, sized_for=k)
         scores, ids = answer.scores[0], answer.ids[0]
         cosines = scores
         engine = answer.engine + (f", α-QE {expansion.neighbours}" if expansion.on else "")

@@ -321,11 +321,14 @@ class Searcher:
         return choose(len(self.ids), self.vectors.shape[1], settings)
 
     def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
-               exclude: np.ndarray | None = None, shortlist: int | None = None) -> Answer:
+               exclude: np.ndarray | None = None, shortlist: int | None = None,
+               sized_for: int | None = None) -> Answer:
         """Unit vectors float32 [m, d] -> the k best of the collection for each, by cosine similarity.
         `shortlist`: how many an approximate engine proposes for re-ranking (default: the settings' rerank,
         at least 4 k), and for HNSW also how broadly it walks the graph: a bulk caller that wants only close
-        neighbours (duplicate candidates) trades a little recall of far ones for several times the speed."""
+        neighbours (duplicate candidates) trades a little recall of far ones for several times the speed.
+        `sized_for`: size that default for this many results instead of k: re-ranking by augmentation takes
+        the best 100 of the shortlist a search for 10 re-ranks, not a shortlist of 400."""
         self.refresh()
         if len(self.ids) == 0:
             raise EmptyIndex(f"{self.store.path} holds no images yet: add some with `lookalike index PHOTOS_DIR`")
@@ -339,7 +342,7 @@ class Searcher:
             return Answer(scores, ids, "exact", {"search_s": time.perf_counter() - started})
         engine = self._engine(choice.engine)
         ready = time.perf_counter()
-        wanted = (shortlist or max(self.settings.rerank, 4 * k)) + (1 if exclude is not None else 0)
+        wanted = max(k, shortlist or max(self.settings.rerank, 4 * (sized_for or k))) + (exclude is not None)
         wanted = min(wanted, len(self.ids))
         breadth = {"ef_search": wanted} if shortlist and getattr(engine, "kind", "") == "hnsw" else {}
         _, proposed = engine.search(self.space(queries), wanted, **breadth)
