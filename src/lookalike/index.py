@@ -437,11 +437,16 @@ class Index:
         out = np.full(len(ids), np.nan, np.float32)
         found = ids >= 0
         if found.any():
-            order = np.argsort(ids[found])
-            rows = np.empty((int(found.sum()), vector.shape[0]), np.float32)
-            rows[order] = self.searcher.vectors_of(ids[found][order])
-            out[found] = rows @ vector
+            out[found] = self._vectors(ids[found]) @ vector
         return out
+
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The full vectors of these ids, in their order: float32 [len(ids), dims], read in ascending id order
+        (sequential reads of the memory map)."""
+        order = np.argsort(ids)
+        rows = np.empty((len(ids), self.spec.dims), np.float32)
+        rows[order] = self.searcher.vectors_of(ids[order])
+        return rows
 
     def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                    augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -453,11 +458,8 @@ class Index:
         head = min(len(ids), augmentation.shortlist)
         if head < 2:
             return scores, ids, scores
-        order = np.argsort(ids[:head])  # vectors are read in ascending id order (sequential reads of the map)
-        candidates = np.empty((head, vector.shape[0]), np.float32)
-        candidates[order] = self.searcher.vectors_of(ids[:head][order])
         rescored = scores.copy()
-        rescored[:head] = augmentation.rescore(vector[None, :], candidates[None])[0]
+        rescored[:head] = augmentation.rescore(vector[None, :], self._vectors(ids[:head])[None])[0]
         best = np.concatenate([np.argsort(-rescored[:head], kind="stable"), np.arange(head, len(ids))])
         return rescored[best], ids[best], scores[best]
 
