@@ -190,7 +190,7 @@ never augments the images it is compared with: on holidays_dev that is the proto
 (the classic whole-index DBA, with the query left out of the index, gave the same 85.25 % in a probe). The
 shortlist length (100) and neighbours (2) were chosen on holidays_dev and Caltech101 (shortlists of 20-50
 lost Caltech101 P@4, down to 89.02 % at 20 × 2), so for this choice both are dev sets; α = 3 is the
-published value. Scores shown are cosines to the augmented vectors (an exact copy scores a little under 1);
+published value. Scores shown are cosines to the augmented vectors (an exact copy of the query keeps 1);
 `--dba 0` gives plain cosine order and scores.
 
 Default indexing before issue 15 (v1: average pooling, 8-bit weights) and now (v3) indexing the same
