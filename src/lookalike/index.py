@@ -51,7 +51,7 @@ class Hit:
     """One search result. score, which orders the results, is the cosine similarity (higher is closer) or the
     euclidean distance between unit vectors (lower is closer), as asked; with database-side augmentation on
     (the default) it is taken to the image's vector augmented with its nearest other results
-    (search/rerank.py), so an exact copy of the query scores a little under 1. cosine is always the plain
+    (search/rerank.py; an exact copy of the query keeps its plain score, 1). cosine is always the plain
     cosine similarity of the query and this image's own vector: 1 for an exact copy."""
 
     rank: int
