@@ -34,6 +34,14 @@ def any_size_model(tmp_path_factory):
 
 
 @pytest.fixture
+def families_index(tmp_path, tiny_model, photo_dir) -> Index:
+    """An index of the generated photo families with the tiny model (each test closes it with `with`)."""
+    index = Index.open(tmp_path / "families.lookalike", model=str(tiny_model), create=True)
+    index.add([photo_dir])
+    return index
+
+
+@pytest.fixture
 def longer_spec(any_size_model) -> ModelSpec:
     return replace(resolve_spec(str(any_size_model), input_size=64), resize="longer")
 
@@ -220,9 +228,8 @@ def test_expand_weights_neighbours_by_similarity_to_the_power_alpha():
 
 
 @pytest.mark.parametrize("ann", ["exact", "hnsw"])
-def test_search_with_query_expansion_searches_again_with_the_expanded_query(tmp_path, tiny_model, photo_dir, ann):
-    with Index.open(tmp_path / "qe.lookalike", model=str(tiny_model), create=True) as index:
-        index.add([photo_dir])
+def test_search_with_query_expansion_searches_again_with_the_expanded_query(families_index, photo_dir, ann):
+    with families_index as index:
         query = photo_dir / "disc" / "disc0.jpg"
         vector = index.embed(query)
         first = index.search(vector, k=2, ann=ann, dba=0)
@@ -277,9 +284,8 @@ def test_augmentation_never_takes_padding_as_a_neighbour():
 
 
 @pytest.mark.parametrize("ann", ["exact", "hnsw"])
-def test_search_reranks_its_shortlist_by_augmentation_by_default(tmp_path, tiny_model, photo_dir, ann):
-    with Index.open(tmp_path / "dba.lookalike", model=str(tiny_model), create=True) as index:
-        index.add([photo_dir])
+def test_search_reranks_its_shortlist_by_augmentation_by_default(families_index, photo_dir, ann):
+    with families_index as index:
         query = photo_dir / "disc" / "disc0.jpg"
         vector = index.embed(query)
         plain = index.search(vector, k=len(index), ann=ann, dba=0)
@@ -335,9 +341,8 @@ def test_augmentation_refuses_what_is_not_a_small_whole_number(bad):
         Augmentation(bad)
 
 
-def test_search_refuses_a_bad_k_or_query_vector_and_normalises_a_long_one(tmp_path, tiny_model, photo_dir):
-    with Index.open(tmp_path / "odd.lookalike", model=str(tiny_model), create=True) as index:
-        index.add([photo_dir])
+def test_search_refuses_a_bad_k_or_query_vector_and_normalises_a_long_one(families_index, photo_dir):
+    with families_index as index:
         vector = index.embed(photo_dir / "disc" / "disc0.jpg")
         for k in (0, -1, 2.5, None):
             with pytest.raises(UsageError, match="k must be"):
