@@ -130,7 +130,8 @@ class Augmentation:
         numerator, square = cosine.copy(), own.copy()
         if take > 0:
             others = gram.copy()
-            others[others >= SAME] = -np.inf  # not itself, nor a copy of itself: no evidence of anything
+            others[:, np.arange(c), np.arange(c)] = -np.inf  # not its own neighbour...
+            others[others >= SAME] = -np.inf  # ...nor a copy of itself: no evidence of anything
             others[~np.broadcast_to(valid[:, None, :], others.shape)] = -np.inf
             nearest = np.argpartition(-others, take - 1, axis=2)[:, :, :take]  # [m, c, t]
             similar = np.take_along_axis(others, nearest, axis=2)
