@@ -231,3 +231,19 @@ def test_eval_report_escapes_markdown_and_html_in_names(tmp_path, tiny_model):
     rows = [line for line in page.splitlines() if line.startswith("| a\\|b |")]
     assert len(rows) == 1, page
     assert rows[0].replace("\\|", "").count("|") == 4  # three cells: the name's | did not make a fourth
+
+
+def test_a_name_holding_terminal_control_codes_is_shown_escaped_not_obeyed(tmp_path, tiny_model):
+    """A file named with an escape sequence (ESC [31m turns a terminal red; others move the cursor or set the
+    title) must not reach the terminal raw: it is shown as \\x1b, like undecodable bytes are."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    name = "esc\x1b[31mred\x07.jpg"
+    picture("disc", seed=1).save(root / name, quality=92)
+    picture("disc", seed=2).save(root / "plain.jpg", quality=92)
+    index = tmp_path / "ctl.lookalike"
+    assert run_cli("index", str(root), "--index", str(index), "--model", str(tiny_model), "-q").returncode == 0
+    result = run_cli("search", str(root / "plain.jpg"), "--index", str(index), "-k", "2", env=TERMINAL)
+    assert_clean(result)
+    assert "\x1b[31m" not in result.stdout and "\x07" not in result.stdout  # (rich's own styles may be there)
+    assert "esc\\x1b[31mred\\x07.jpg" in result.stdout

@@ -1034,11 +1034,15 @@ def _fmt(values: list[float]) -> str:
 
 
 def _shorter(path: str) -> str:
-    """A path relative to the working directory when it is below it: easier to read and to copy."""
+    """A path relative to the working directory when it is below it: easier to read and to copy; control
+    characters in it shown as \\xNN, never sent to the terminal."""
+    from lookalike.images import printable
+
     try:
-        return os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else path
+        shown = os.path.relpath(path) if Path(path).is_relative_to(Path.cwd()) else path
     except ValueError:
-        return path
+        shown = path
+    return printable(shown, controls=True)
 
 
 def _version(value: bool) -> None:

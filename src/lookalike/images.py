@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -96,14 +97,21 @@ def is_candidate(path: Path) -> bool:
         return False
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, controls: bool = False) -> str:
     """A path (or any text holding one) as it can be shown: bytes of a file name that are not UTF-8, which
-    Python keeps as surrogate escapes, become \\xNN. For people only; the path itself stays as it is."""
+    Python keeps as surrogate escapes, become \\xNN; with `controls`, so do control characters (a name holding
+    ESC [31m would otherwise restyle, or move the cursor of, the terminal it is printed on: only for a name
+    alone, since the console's own output holds escape codes). For people only; the path itself stays as it is."""
+    if controls:
+        text = CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def absolute(path: str | os.PathLike) -> Path:
