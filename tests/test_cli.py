@@ -36,6 +36,7 @@ def test_search_prints_a_table_json_and_a_grid(indexed, photo_dir, tmp_path):
     query = photo_dir / "disc" / "disc1.png"
     table = run_cli("search", str(query), "--index", str(indexed), "-k", "3")
     assert table.returncode == 0, table.stderr
+    assert table.stderr == ""  # nothing was waited for: no progress display, not even an empty line
     header, first, *_ = table.stdout.splitlines()  # piped output: tab-separated, whole paths
     assert header.split("\t") == ["rank", "cosine (re-ranked)", "path"]  # the default re-ranking's score
     assert first.split("\t")[0] == "1" and first.split("\t")[2] == str(query)

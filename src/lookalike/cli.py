@@ -275,16 +275,22 @@ class _Report:
         self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> _Report:
-        self.bar.start()
-        return self
+        return self  # the display starts with its first line: a command that waited for nothing prints nothing
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.tasks:
+            self.bar.stop()
+
+    def _add(self, key: str, description: str, **fields) -> TaskID:
+        if not self.tasks:
+            self.bar.start()
+        task = self.tasks[key] = self.bar.add_task(description, **fields)
+        return task
 
     def steps(self, what: str, done: int, total: int | None) -> None:
         task = self.tasks.get(what)
         if task is None:
-            task = self.tasks[what] = self.bar.add_task(escape(what), total=total, counted=total is not None)
+            task = self._add(what, escape(what), total=total, counted=total is not None)
         self.bar.update(task, completed=done, total=total)
         if total is not None and done >= total:
             self.bar.stop_task(task)
@@ -293,7 +299,7 @@ class _Report:
         """pipeline.Progress: the indexing bar, added with the first call (once the model is ready)."""
         task = self.tasks.get("files")
         if task is None:
-            task = self.tasks["files"] = self.bar.add_task("indexing", total=total, unit="img")
+            task = self._add("files", "indexing", total=total, unit="img")
         self.bar.update(task, completed=done, total=total)
 
 
