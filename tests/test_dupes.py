@@ -258,6 +258,43 @@ def test_verification_refuses_a_re_shot_whose_view_bends_though_its_coarse_pixel
     assert not evidence.same and "another point" in evidence.reason, evidence
 
 
+def studio_bike(body: int, hubs: int, parts: int) -> Image.Image:
+    """A studio shot on black (Caltech's Ducatis): the same wheels where the stand holds them (smooth rings,
+    `hubs` sharp marks on each: few points to match), and a body of `parts` dark shapes that `body` seeds."""
+    import cv2
+
+    wheels = Image.new("L", (320, 240), 0)
+    draw = ImageDraw.Draw(wheels)
+    for cx in (80, 240):
+        draw.ellipse((cx - 50, 120, cx + 50, 220), outline=200, width=14)
+        draw.ellipse((cx - 25, 145, cx + 25, 195), outline=120, width=6)
+    smooth = cv2.GaussianBlur(np.asarray(wheels, np.float32), (0, 0), 10)
+    image = Image.fromarray(smooth.astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for cx in (80, 240):
+        for k in range(hubs):
+            x, y = cx + 36 * np.cos(2 * np.pi * k / hubs), 170 + 36 * np.sin(2 * np.pi * k / hubs)
+            draw.rectangle((x - 3, y - 3, x + 3, y + 3), fill=(255, 255, 255))
+    rng = np.random.default_rng(body)
+    for _ in range(parts):
+        x, y, r = int(rng.integers(90, 230)), int(rng.integers(40, 150)), int(rng.integers(8, 25))
+        draw.polygon([(x - r, y), (x, y - r), (x + r, y + r // 2), (x - r // 3, y + r)],
+                     fill=tuple(int(v) for v in rng.integers(20, 70, 3)))
+    return image
+
+
+def test_verification_refuses_two_studio_shots_matched_on_a_few_points():
+    """Caltech Motorbikes 0715/0738, two Ducatis on black: 16 points matched on the wheels at scale 1.00 and 0.65
+    of cells agreed (the threshold), so they were "duplicates". Few matched points must come with more cells."""
+    shot = verify.compare(features_of(studio_bike(1, 1, 3)), features_of(studio_bike(2, 1, 3)))
+    assert shot.inliers < verify.FEW_INLIERS and shot.cells_agreeing >= verify.MIN_CELLS_AGREEING  # passed before
+    assert shot.uncovered_correlation >= verify.MIN_GRADIENT_CORRELATION
+    assert not shot.same and "few matching points" in shot.reason, shot
+    sparse = studio_bike(1, 1, 1)  # a copy of a picture with little to match is still a copy
+    resized = verify.compare(features_of(sparse), features_of(sparse.resize((200, 150))))
+    assert resized.same and resized.inliers < verify.FEW_INLIERS, resized
+
+
 # -- clusters --------------------------------------------------------------------------------------------
 
 class Prover:
@@ -580,3 +617,17 @@ def test_real_model_finds_edited_copies_of_real_photos_but_not_same_class_photos
     assert groups(found) == {frozenset({name, "mirrored.jpg", "half.jpg", "cropped.jpg", "contrast.jpg",
                                         "rotated.jpg"})}
     assert found["clusters"][0]["keep"].endswith(name)  # the original, not an edit of it
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared/datasets/caltech101 is not present")
+def test_different_ducatis_on_black_are_not_one_photograph_but_a_real_dataset_duplicate_is():
+    """The two pairs the test set's look-alike studio shots flagged wrongly (seen there; the rule that refuses
+    them was chosen on the dev set), and one of the dataset's own duplicates, which must stay one photograph."""
+    def of(name: str) -> verify.Features:
+        return verify.features(verify.thumbnail(np.asarray(Image.open(CALTECH / "Motorbikes" / name).convert("RGB"))))
+
+    for a, b in (("image_0715.jpg", "image_0738.jpg"), ("image_0724.jpg", "image_0734.jpg")):
+        evidence = verify.compare(of(a), of(b))
+        assert not evidence.same and "few matching points" in evidence.reason, (a, b, evidence)
+    assert verify.compare(of("image_0428.jpg"), of("image_0429.jpg")).same
