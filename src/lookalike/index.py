@@ -409,12 +409,14 @@ class Index:
             neighbours = self.searcher.vectors_of(first.ids[0][found])
             vector = expansion.expand(vector[None, :], neighbours[None], first.scores[0][found][None])[0]
         wanted = max(k, augmentation.shortlist) if augmentation.on else k
-        answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped, sized_for=k)
+        answer = self.searcher.search(vector[None, :], wanted, ann=ann, exclude=skipped, sized_for=k,
+                                      with_vectors=augmentation.on)
         scores, ids = answer.scores[0], answer.ids[0]
         cosines = scores
         engine = answer.engine + (f", α-QE {expansion.neighbours}" if expansion.on else "")
         if augmentation.on:
-            scores, ids, cosines = self._augmented(vector, scores, ids, augmentation)
+            held = None if answer.vectors is None else answer.vectors[0]
+            scores, ids, cosines = self._augmented(vector, scores, ids, augmentation, held)
             engine += f", α-DBA {augmentation.neighbours} of {augmentation.shortlist}"
         if expansion.on:  # the scores were taken to the expanded query: the plain cosine is to the query asked
             cosines = self._plain_cosines(asked, ids[:k])
@@ -449,17 +451,20 @@ class Index:
         return rows
 
     def _augmented(self, vector: np.ndarray, scores: np.ndarray, ids: np.ndarray,
-                   augmentation: Augmentation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   augmentation: Augmentation, held: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One query's results in plain order (scores float32 [c], ids int64 [c], -1 for none), their first
         `augmentation.shortlist` re-scored and re-ordered by database-side augmentation, the rest after them as
-        they were (a large k costs no more than the shortlist): (scores, ids, the plain cosine scores)."""
+        they were (a large k costs no more than the shortlist): (scores, ids, the plain cosine scores). `held`:
+        the results' vectors [c, d] where the search handed them over (re-ranking had read them), else read here."""
         found = ids >= 0
         ids, scores = ids[found], scores[found]
         head = min(len(ids), augmentation.shortlist)
         if head < 2:
             return scores, ids, scores
         rescored = scores.copy()
-        rescored[:head] = augmentation.rescore(vector[None, :], self._vectors(ids[:head])[None])[0]
+        candidates = held[found][:head] if held is not None else self._vectors(ids[:head])
+        rescored[:head] = augmentation.rescore(vector[None, :], candidates[None])[0]
         best = np.concatenate([np.argsort(-rescored[:head], kind="stable"), np.arange(head, len(ids))])
         return rescored[best], ids[best], scores[best]
 

@@ -38,7 +38,7 @@ class MilvusSearcher:
         return None  # Milvus builds and keeps its own index
 
     def search(self, queries: np.ndarray, k: int, *, ann: str | None = None,
-               exclude: np.ndarray | None = None, sized_for: int | None = None):
+               exclude: np.ndarray | None = None, sized_for: int | None = None, with_vectors: bool = False):
         from lookalike.search.searcher import Answer
 
         self.choice(ann)

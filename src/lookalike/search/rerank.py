@@ -133,7 +133,7 @@ class Augmentation:
             others[:, np.arange(c), np.arange(c)] = -np.inf  # not its own neighbour...
             others[others >= SAME] = -np.inf  # ...nor a copy of itself: no evidence of anything
             others[~np.broadcast_to(valid[:, None, :], others.shape)] = -np.inf
-            nearest = np.argpartition(-others, take - 1, axis=2)[:, :, :take]  # [m, c, t]
+            nearest = _largest(others, take)  # [m, c, t]
             similar = np.take_along_axis(others, nearest, axis=2)
             similar = np.where(np.isfinite(similar), similar, 0.0)  # fewer valid others than `take`
             weights = np.maximum(similar, 0.0) ** self.alpha
@@ -150,4 +150,18 @@ class Augmentation:
 
 
 NO_AUGMENTATION = Augmentation(0)
+
+
+def _largest(values: np.ndarray, take: int) -> np.ndarray:
+    """Positions of the `take` largest along the last axis, in no set order. For the few neighbours α-DBA takes,
+    one argmax per neighbour: argpartition on the 100 x 100 similarities cost 0.25 ms a query, 4 x more."""
+    if take > 4:
+        return np.argpartition(-values, take - 1, axis=-1)[..., :take]
+    values = values.copy()
+    picked = np.empty((*values.shape[:-1], take), np.intp)
+    for i in range(take):
+        best = values.argmax(axis=-1)
+        picked[..., i] = best
+        np.put_along_axis(values, best[..., None], -np.inf, axis=-1)
+    return picked
 
