@@ -152,6 +152,21 @@ def evict(path: Path) -> None:
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+def timed(owner, name: str, label: str, into: dict[str, float], bound: bool = False) -> None:
+    """Wrap owner.name so that the seconds spent in it are summed into `into[label]` (for the rest of this
+    process: each phase runs in its own)."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            into[label] = into.get(label, 0.0) + time.perf_counter() - started
+
+    setattr(owner, name, classmethod(lambda cls, *a, **k: wrapper(*a, **k)) if bound else wrapper)
+
+
 def time_stages() -> dict[str, float]:
     """Seconds spent in each step of a build, summed over calls: the steps' functions wrapped in this process
     (the vectors cache from the store, the PCA fit, projecting the vectors, the 8-bit training with the
@@ -162,26 +177,43 @@ def time_stages() -> dict[str, float]:
     from lookalike.search.searcher import Searcher
 
     stages: dict[str, float] = {}
-
-    def wrap(owner, name: str, label: str, bound: bool = False) -> None:
-        original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                stages[label] = stages.get(label, 0.0) + time.perf_counter() - started
-
-        setattr(owner, name, classmethod(lambda cls, *a, **k: timed(*a, **k)) if bound else timed)
-
-    wrap(SearchCache, "vectors", "vectors cache")
-    wrap(Projection, "fit", "PCA fit", bound=True)
-    wrap(Searcher, "_live_space", "projection of every vector")
-    wrap(HNSWIndex, "build", "graph (8-bit training and adding)", bound=True)
-    wrap(HNSWIndex, "add", "of which adding")
-    wrap(SearchCache, "save_engine", "saving the engine")
+    timed(SearchCache, "vectors", "vectors cache", stages)
+    timed(Projection, "fit", "PCA fit", stages, bound=True)
+    timed(Searcher, "_live_space", "projection of every vector", stages)
+    timed(HNSWIndex, "build", "graph (8-bit training and adding)", stages, bound=True)
+    timed(HNSWIndex, "add", "of which adding", stages)
+    timed(SearchCache, "save_engine", "saving the engine", stages)
     return stages
+
+
+QUERY_STEPS = ("the query into PCA space", "graph search", "re-rank: reading the shortlist's rows",
+               "re-rank: scoring and ordering", "α-DBA", "paths from SQLite", "checking the files (SQLite, stat)",
+               "the rest (Python around them)")
+
+
+def time_query_steps(index: Index, queries: np.ndarray) -> dict[str, float]:
+    """Where one shipped query's time goes: ms per query in each step of `Index.search(vector, K)`, over these
+    queries, its functions wrapped (after the latency measurement, which runs unwrapped)."""
+    from lookalike.search.cache import RowReader
+    from lookalike.search.hnsw import HNSWIndex
+    from lookalike.search.searcher import Searcher
+
+    seconds: dict[str, float] = {}
+    timed(Searcher, "space", QUERY_STEPS[0], seconds)
+    timed(HNSWIndex, "search", QUERY_STEPS[1], seconds)
+    timed(RowReader, "rows", QUERY_STEPS[2], seconds)
+    timed(Searcher, "_rerank", "re-rank", seconds)
+    timed(Index, "_augmented", QUERY_STEPS[4], seconds)
+    timed(Index, "_hits", QUERY_STEPS[5], seconds)
+    timed(Index, "check_files", QUERY_STEPS[6], seconds)
+    started = time.perf_counter()
+    for query in queries:
+        index.search(query, K)
+    total = time.perf_counter() - started
+    seconds[QUERY_STEPS[3]] = seconds.pop("re-rank", 0.0) - seconds.get(QUERY_STEPS[2], 0.0)
+    seconds[QUERY_STEPS[7]] = total - sum(seconds.values())
+    return {name: 1000 * seconds.get(name, 0.0) / len(queries) for name in QUERY_STEPS} | {
+        "total": 1000 * total / len(queries)}
 
 
 def phase_build(path: Path) -> dict:
@@ -231,11 +263,12 @@ def phase_search(path: Path, queries: np.ndarray, truth: np.ndarray, cold: bool)
         return float(np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(found, truth, strict=True)]))
 
     recall, shipped_overlap = overlap(0), overlap(None)
+    steps = time_query_steps(index, queries[1:LATENCY_QUERIES + 1]) if "re-ranked" in first.engine else {}
     index.close()
     return {"open_first_s": open_s, "engine": first.engine, "p50_ms": float(np.median(times["shipped"])),
             "p99_ms": float(np.percentile(times["shipped"], 99)), "plain_p50_ms": float(np.median(times["plain"])),
             "plain_p99_ms": float(np.percentile(times["plain"], 99)), "recall": recall,
-            "shipped_overlap": shipped_overlap, **memory()}
+            "shipped_overlap": shipped_overlap, "query_steps_ms": steps, **memory()}
 
 
 def phase_update(path: Path, queries: np.ndarray, real: np.ndarray, sigma: float) -> dict:
@@ -402,6 +435,17 @@ def steps(build: dict) -> str:
     return f"{build['build_s']:.0f} s in all: " + ", ".join(parts) + cpu
 
 
+def query_steps(warm: dict) -> str:
+    """Where one shipped query's time went, as a sentence (empty when the engine was not re-ranked)."""
+    spent = warm.get("query_steps_ms")
+    if not spent:
+        return ""
+    parts = ", ".join(f"{name} {spent[name]:.2f}" for name in QUERY_STEPS)
+    return (f"Where one shipped query's time goes (ms per query: the mean of the same {LATENCY_QUERIES} queries "
+            f"run again with each step's function timed, {spent['total']:.2f} ms in all, timers included; a mean, "
+            f"so above the p50): {parts}.")
+
+
 def write_page(rows, update, after, n, dims, real, sigma, target, insert_s, size, stamp, reused=False) -> None:
     shipped = rows[0]
     misses = []
@@ -455,6 +499,8 @@ the machine is shared with other developers' work, so the load average (1 min) i
 Engines measured at this size: {", ".join(r["ann"] for r in rows)} (others: `--ann` with this script).
 
 The shipped defaults' build, by step (wall seconds; {steps(build)}).
+
+{query_steps(shipped["warm"])}
 
 Shipped defaults, changes, in one running process (from the write's start to the answer): adding 100 vectors
 then searching **{update['add_100_s']:.2f} s** (of which the store write {update['add_100_write_s']:.2f} s),
