@@ -182,6 +182,12 @@ class _Prover:
             if fa is None or fb is None:
                 return None
             evidence = verify.compare(fa, fb)
+            if evidence.same:
+                first, second = (keep_rule.read_facts(m.path, m.width, m.height, m.mtime_ns) for m in (a, b))
+                if keep_rule.taken_apart(first, second):  # the pixels agree, the cameras say two exposures
+                    evidence.same = False
+                    evidence.reason = (f"taken at another moment ({first.taken} and {second.taken}, EXIF "
+                                       "DateTimeOriginal): another shot")
             self.features.remember(i, j, evidence)
         return Link("photo", evidence) if evidence.same else None
 

@@ -29,9 +29,9 @@ from PIL import Image
 
 LOW_QUALITY = 60  # estimated JPEG quality below which a copy counts as lossy
 
-# EXIF tags (base IFD 0x0132 DateTime, Exif IFD 0x9003 DateTimeOriginal)
+# EXIF tags (base IFD 0x0132 DateTime, Exif IFD 0x9003 DateTimeOriginal, 0x9291 its fraction of a second)
 MAKE, MODEL, SOFTWARE, DATETIME = 0x010F, 0x0110, 0x0131, 0x0132
-EXIF_IFD, DATETIME_ORIGINAL = 0x8769, 0x9003
+EXIF_IFD, DATETIME_ORIGINAL, SUBSEC_ORIGINAL = 0x8769, 0x9003, 0x9291
 
 # The IJG reference luminance table (quality 50), which libjpeg scales for every other quality.
 _IJG_LUMINANCE = (
@@ -52,6 +52,8 @@ class Facts:
     quality: int | None = None  # estimated JPEG quality, None for other formats
     mtime_ns: int = 0
     linked: bool = False  # a link points at it (or it is one): moving it would break that path
+    taken: str = ""  # EXIF DateTimeOriginal, "YYYY:MM:DD HH:MM:SS"
+    taken_fraction: str = ""  # ... and its SubSecTimeOriginal, where the camera wrote one
 
 
 def read_facts(path: str, width: int, height: int, mtime_ns: int) -> Facts:
@@ -65,6 +67,8 @@ def read_facts(path: str, width: int, height: int, mtime_ns: int) -> Facts:
             facts.camera = " ".join(p for p in (make, model) if p)
             software = str(exif.get(SOFTWARE, "")).strip(" \x00")
             original = str(exif.get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL, "")).strip(" \x00")
+            facts.taken = original
+            facts.taken_fraction = str(exif.get_ifd(EXIF_IFD).get(SUBSEC_ORIGINAL, "")).strip(" \x00")
             changed = str(exif.get(DATETIME, "")).strip(" \x00")
             if software and (not original or (changed and changed > original)):
                 facts.edited_by = software
@@ -73,6 +77,17 @@ def read_facts(path: str, width: int, height: int, mtime_ns: int) -> Facts:
     except Exception:  # Pillow raises many kinds for a damaged header: the file just proves nothing
         pass
     return facts
+
+
+def taken_apart(a: Facts, b: Facts) -> bool:
+    """Both files say when the shutter fired, and not the same moment: two exposures, not one photograph and an
+    edit of it (editors keep DateTimeOriginal or drop it; they do not rewrite it). Compared to the second, and to
+    its fraction where both carry one (a burst shoots several frames a second)."""
+    if not a.taken or not b.taken:
+        return False
+    if a.taken != b.taken:
+        return True
+    return bool(a.taken_fraction and b.taken_fraction and a.taken_fraction != b.taken_fraction)
 
 
 def jpeg_quality(tables: dict) -> int | None:
