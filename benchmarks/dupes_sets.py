@@ -226,6 +226,30 @@ def reshot(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
+def close_reshot(im: Image.Image, rng: np.random.Generator, parallax: float) -> Image.Image:
+    """A synthetic *close* re-shot (dev only): the camera barely moved (a similarity: zoom 0.97-1.03, rotation
+    within 0.5°, a few pixels of shift), a faint smooth parallax field of `parallax` px at the 320 px the checks
+    run on, another exposure (gain 0.9-1.1) and its noise. What `reshot` makes, but closer: its fine detail
+    mostly agrees, as in the holidays re-shots that pass."""
+    import cv2
+
+    rgb = np.asarray(im.convert("RGB"), np.float32)
+    h, w = rgb.shape[:2]
+    similarity = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-0.5, 0.5), rng.uniform(0.97, 1.03))
+    similarity[:, 2] += rng.uniform(-3, 3, 2)
+    inverse = cv2.invertAffineTransform(similarity)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = rng.normal(0, 1, (2, 4, 4)).astype(np.float32) * parallax * max(h, w) / 320
+    map_x = inverse[0, 0] * xx + inverse[0, 1] * yy + inverse[0, 2] + cv2.resize(field[0], (w, h),
+                                                                                 interpolation=cv2.INTER_CUBIC)
+    map_y = inverse[1, 0] * xx + inverse[1, 1] * yy + inverse[1, 2] + cv2.resize(field[1], (w, h),
+                                                                                 interpolation=cv2.INTER_CUBIC)
+    out = cv2.remap(rgb, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT) * rng.uniform(0.9, 1.1)
+    out += rng.normal(0, rng.uniform(1.5, 4.0), out.shape)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
 def make_reshots(folder: Path, seed: int = 5_000_000) -> list[tuple[str, str]]:
     """One synthetic re-shot (see `reshot`) of every second holidays_dev photo of the dev half and of 100 dev
     Caltech101 photos that have no edited copies, written into `folder`; their originals are in the dev set
