@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from lookalike import Index
 from lookalike.dupes import quarantine, verify
 from lookalike.dupes.find import Link, Member, _clusters
-from lookalike.dupes.keep import Facts, choose, jpeg_quality, read_facts
+from lookalike.dupes.keep import Facts, choose, jpeg_quality, read_facts, taken_apart
 from lookalike.fileio import sha256_file
 from tests.conftest import CALTECH, run_cli
 
@@ -622,6 +622,132 @@ def test_a_cross_filesystem_move_killed_before_the_source_went_is_finished(tmp_p
     assert not quarantine._partial(target).exists()
 
 
+def test_a_file_name_near_the_longest_allowed_moves_across_filesystems_and_back(tmp_path, monkeypatch):
+    """The bug: the temporary name beside the target (".NAME.lookalike-partial") went over 255 bytes for a
+    name of 237 or more (80 CJK characters are 240): the move across filesystems stopped, and --undo, even of
+    a plain rename, stopped at that file on every run."""
+    name = "写真" * 39 + ".jpg"  # 238 bytes
+    source = tmp_path / "a" / name
+    source.parent.mkdir()
+    scene(8).save(source)
+    digest = sha256_file(source)
+    target = tmp_path / "q" / "a" / name
+    monkeypatch.setattr(quarantine, "_same_filesystem", lambda a, b: False)
+    quarantine.transfer(source, target, digest)
+    assert sha256_file(target) == digest and not source.exists()
+    assert quarantine.resume(target, source, digest) is None  # and back
+    assert sha256_file(source) == digest and not target.exists()
+    assert len(os.fsencode(quarantine._partial(target).name)) <= 255
+
+
+def move_exact(collection, index, folder, cwd=None):
+    result = run_cli("dupes", str(collection), "--index", str(index), "--exact-only", "--move-to", str(folder), "-q",
+                     cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return next(Path(folder).glob("manifest-*.json"))
+
+
+def indexed_paths(index) -> set[str]:
+    with Index.open(index) as idx:
+        return {p for p, *_ in idx.details().values()}
+
+
+def test_undo_dry_run_moves_nothing_and_undo_takes_no_folder(collection, thumbnail_model, tmp_path):
+    """The bug: `--undo M --dry-run` moved the files back (--dry-run was ignored), and `--undo M FOLDER
+    --move-to X` ignored the folder and --move-to without a word."""
+    index = tmp_path / "d.lookalike"
+    index_with(thumbnail_model, collection, index)
+    manifest = move_exact(collection, index, tmp_path / "q")
+    moved = json.loads(manifest.read_text())["moves"]
+    result = run_cli("dupes", "--undo", str(manifest), "--dry-run")
+    assert result.returncode == 0 and f"{len(moved)} files would move back" in result.stdout
+    assert all(os.path.exists(m["to"]) and not os.path.exists(m["from"]) for m in moved)
+    mixed = run_cli("dupes", "--undo", str(manifest), str(collection))
+    assert mixed.returncode == 2 and "--undo MANIFEST takes no folder" in mixed.stderr
+    assert all(os.path.exists(m["to"]) for m in moved)
+
+
+def test_undo_from_another_folder_puts_the_files_back_into_the_index_they_left(collection, thumbnail_model,
+                                                                                tmp_path):
+    """The bug: the manifest named the index as given ("m.lookalike", relative), so an undo run from another
+    folder wrote the files into whatever index of that name was there."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    index_with(thumbnail_model, collection, work / "m.lookalike")
+    index_with(thumbnail_model, collection, elsewhere / "m.lookalike")  # another index of the same name
+    before = indexed_paths(work / "m.lookalike")
+    manifest = move_exact(collection, "m.lookalike", tmp_path / "q", cwd=work)
+    result = run_cli("dupes", "--undo", str(manifest), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert indexed_paths(work / "m.lookalike") == before
+
+
+def test_an_undo_killed_before_the_index_was_written_is_finished_by_running_it_again(collection, thumbnail_model,
+                                                                                      tmp_path):
+    """The bug: files an interrupted undo had put back were marked restored, and the rerun skipped them, so
+    they never came back into the index."""
+    index = tmp_path / "k.lookalike"
+    index_with(thumbnail_model, collection, index)
+    before = indexed_paths(index)
+    manifest = move_exact(collection, index, tmp_path / "q")
+    quarantine.undo(manifest)  # the files are back: killed before the index was written
+    assert indexed_paths(index) != before
+    result = run_cli("dupes", "--undo", str(manifest))
+    assert result.returncode == 0 and "0 files moved back" in result.stdout
+    assert indexed_paths(index) == before
+
+
+def test_undo_moves_nothing_a_manifest_places_outside_its_quarantine(tmp_path):
+    victim = tmp_path / "elsewhere" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("not yours")
+    folder = tmp_path / "q"
+    folder.mkdir()
+    manifest = folder / "manifest-1.json"
+    manifest.write_text(json.dumps({"moves": [{"from": str(tmp_path / "taken.txt"), "to": str(victim),
+                                               "sha256": sha256_file(victim), "done": True}]}))
+    restored, skipped, _ = quarantine.undo(manifest)
+    assert restored == [] and "outside" in skipped[0][1]
+    assert victim.read_text() == "not yours" and not (tmp_path / "taken.txt").exists()
+
+
+def test_a_move_never_follows_a_link_inside_the_quarantine_out_of_it(tmp_path):
+    root, away = tmp_path / "photos", tmp_path / "away"
+    root.mkdir()
+    away.mkdir()
+    scene(3).save(root / "a.jpg")
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "photos").symlink_to(away)  # quarantine/photos leads somewhere else
+    _, moved, skipped = quarantine.move([(str(root / "a.jpg"), None, None)], folder, [str(root)])
+    assert moved == [] and "outside" in skipped[0][1]
+    assert (root / "a.jpg").is_file() and not list(away.iterdir())
+
+
+def test_two_moves_into_one_quarantine_take_turns(tmp_path):
+    """A second move into the same folder would 'finish' the first's manifest while it runs: one at a time."""
+    import threading
+
+    from filelock import FileLock
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    scene(4).save(root / "a.jpg")
+    folder = tmp_path / "q"
+    folder.mkdir()
+    held = FileLock(folder / quarantine.LOCK)
+    held.acquire()
+    mover = threading.Thread(target=quarantine.move, args=([(str(root / "a.jpg"), None, None)], folder,
+                                                           [str(root)]))
+    mover.start()
+    mover.join(1.0)
+    assert mover.is_alive() and (root / "a.jpg").is_file()  # waiting for the other move
+    held.release()
+    mover.join(30)
+    assert not mover.is_alive() and not (root / "a.jpg").exists()
+
+
 # -- reports and bad input -------------------------------------------------------------------------------
 
 def test_reports_csv_and_html_and_unreadable_files_are_not_fatal(collection, thumbnail_model, tmp_path):
@@ -641,6 +767,29 @@ def test_reports_csv_and_html_and_unreadable_files_are_not_fatal(collection, thu
     assert bad.returncode == 6 and "not a lookalike quarantine manifest" in bad.stderr
     none = run_cli("dupes")
     assert none.returncode == 2 and "give a folder or an index" in none.stderr
+
+
+def test_the_report_draws_file_names_holding_a_newline(tmp_path, thumbnail_model):
+    """The bug: --report stopped with "internal error: ValueError: can't measure length of multiline text"."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    scene(9).save(root / "two\nlines.jpg", quality=90)
+    shutil.copy(root / "two\nlines.jpg", root / "copy.jpg")
+    index_with(thumbnail_model, root, tmp_path / "n.lookalike")
+    result = run_cli("dupes", str(tmp_path / "n.lookalike"), "--report", str(tmp_path / "report"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_a_placeholder_capture_time_is_no_capture_time(tmp_path):
+    """The bug: "0000:00:00 00:00:00" (cameras with no clock set) or garbage counted as a moment, so an edit
+    of a photo carrying it and a copy without it... or with a real one, were 'taken apart'."""
+    with_capture_time(scene(5), tmp_path / "a.jpg", "0000:00:00 00:00:00")
+    with_capture_time(scene(5), tmp_path / "b.jpg", "not a date at all")
+    with_capture_time(scene(5), tmp_path / "c.jpg", "2024:05:01 10:00:00", "x7")
+    a, b, c = (read_facts(str(tmp_path / n), 240, 180, 0) for n in ("a.jpg", "b.jpg", "c.jpg"))
+    assert a.taken == "" and b.taken == "" and c.taken == "2024:05:01 10:00:00" and c.taken_fraction == ""
+    assert not taken_apart(a, b) and not taken_apart(a, c)
 
 
 def test_markup_in_file_names_is_printed_as_is(tmp_path, thumbnail_model):

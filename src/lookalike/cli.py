@@ -583,7 +583,8 @@ def dupes(
     move_to: Annotated[Optional[Path], typer.Option(help="Move the duplicates (not the one to keep) into this "
                                                     "quarantine folder, outside every indexed folder, with a "
                                                     "manifest to undo it.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="With --move-to: list what would move, move nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="With --move-to or --undo: list what would move, move "
+                                          "nothing.")] = False,
     undo: Annotated[Optional[Path], typer.Option(help="Move back every file of this manifest.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -596,9 +597,16 @@ def dupes(
     from lookalike.index import Index, remember_index
 
     if undo is not None:
-        restored, skipped, index_path = quarantine.undo(undo)
-        out.print(f"{len(restored)} files moved back from quarantine")
-        _reindex_restored(restored, index_path)
+        if target is not None or move_to is not None:
+            raise UsageError("--undo MANIFEST takes no folder and no --move-to: it puts back what the manifest moved")
+        restored, skipped, index_path = quarantine.undo(undo, dry_run=dry_run)
+        if dry_run:
+            for back in restored:
+                out.print(Text(f"would move back {_shorter(back.target)} -> {_shorter(back.source)}"))
+            out.print(f"{len(restored)} files would move back (dry run: nothing moved)")
+        else:
+            out.print(f"{sum(not m.earlier for m in restored)} files moved back from quarantine")
+            _reindex_restored(restored, index_path)
         for path, reason in skipped:
             out.print(Text(f"  not restored: {path}: {reason}"))
         if skipped:

@@ -93,6 +93,9 @@ def _save(sheet: Image.Image, out: str | Path) -> Path:
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font) -> str:
+    """One line of a tile's caption, cut to the tile's width (a file name may hold a newline or bytes that are
+    not UTF-8: shown as escapes, as in the terminal)."""
+    text = images.printable(text, controls=True)
     while text and draw.textlength(text, font=font) > THUMB:
         text = text[:-2] + "…"
     return text

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, TypeVar
 
 from PIL import Image
@@ -67,8 +68,10 @@ def read_facts(path: str, width: int, height: int, mtime_ns: int) -> Facts:
             facts.camera = " ".join(p for p in (make, model) if p)
             software = str(exif.get(SOFTWARE, "")).strip(" \x00")
             original = str(exif.get_ifd(EXIF_IFD).get(DATETIME_ORIGINAL, "")).strip(" \x00")
-            facts.taken = original
-            facts.taken_fraction = str(exif.get_ifd(EXIF_IFD).get(SUBSEC_ORIGINAL, "")).strip(" \x00")
+            if _moment(original):  # a placeholder ("0000:00:00 00:00:00") or garbage says nothing
+                facts.taken = original
+                fraction = str(exif.get_ifd(EXIF_IFD).get(SUBSEC_ORIGINAL, "")).strip(" \x00")
+                facts.taken_fraction = fraction if fraction.isdigit() else ""
             changed = str(exif.get(DATETIME, "")).strip(" \x00")
             if software and (not original or (changed and changed > original)):
                 facts.edited_by = software
@@ -77,6 +80,15 @@ def read_facts(path: str, width: int, height: int, mtime_ns: int) -> Facts:
     except Exception:  # Pillow raises many kinds for a damaged header: the file just proves nothing
         pass
     return facts
+
+
+def _moment(text: str) -> bool:
+    """Whether an EXIF date reads as a real moment ("YYYY:MM:DD HH:MM:SS")."""
+    try:
+        datetime.strptime(text, "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return False
+    return True
 
 
 def taken_apart(a: Facts, b: Facts) -> bool:

@@ -18,6 +18,7 @@ be skipped by indexing for good, and one holding an indexed folder could put a f
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from lookalike.errors import BadInput, LookalikeError, UnsafeMove
 from lookalike.fileio import atomic_write, sha256_file
 from lookalike.images import QUARANTINE_MARKER, absolute
 
 PARTIAL = ".lookalike-partial"
+LOCK = ".lookalike-quarantine.lock"
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Moved:
     target: str
     sha256: str
     record: dict | None = None  # what the index knew of the file (see `record_of`)
+    earlier: bool = False  # put back by an earlier, interrupted run of the same undo
 
 
 def check_folder(folder: str | os.PathLike, roots: Sequence[str]) -> Path:
@@ -93,33 +97,49 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
     folder = check_folder(folder, roots)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / QUARANTINE_MARKER).write_text("lookalike quarantine: indexing skips this folder\n")
-    moved, skipped = finish_interrupted(folder)
-    manifest = folder / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
-    entries: list[dict] = []
-    record = {"created_at": time.time(), "folder": str(folder), "index": index_path, "complete": False,
-              "moves": entries}
-    for path, expected, known in files:
-        source = Path(path)
-        target = destination(path, folder, roots)
-        if source.is_symlink() or not source.is_file():
-            skipped.append((path, "gone" if not source.exists() else "not a regular file"))
-            continue
-        digest = sha256_file(source)
-        if expected and digest != expected:
-            skipped.append((path, "changed since it was indexed: run `lookalike index` first"))
-            continue
-        if target.exists() or target.is_symlink():
-            skipped.append((path, f"{target} exists already"))
-            continue
-        entry = {"from": path, "to": str(target), "sha256": digest, "done": False, "record": known}
-        entries.append(entry)
-        _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
-        transfer(source, target, digest)
-        entry["done"] = True
-        moved.append(Moved(path, str(target), digest, known))
-    record["complete"] = True
-    _save(manifest, record)
+    # One move into a folder at a time: a second would otherwise "finish" the first's manifest while it runs
+    with FileLock(folder / LOCK):
+        moved, skipped = finish_interrupted(folder)
+        manifest = folder / f"manifest-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        entries: list[dict] = []
+        record = {"created_at": time.time(), "folder": str(folder),
+                  "index": None if index_path is None else str(absolute(index_path)), "complete": False,
+                  "moves": entries}
+        for path, expected, known in files:
+            source = Path(path)
+            target = destination(path, folder, roots)
+            if not _inside(target, folder):
+                skipped.append((path, f"{target} would lie outside {folder} (a link inside it leads away)"))
+                continue
+            if source.is_symlink() or not source.is_file():
+                skipped.append((path, "gone" if not source.exists() else "not a regular file"))
+                continue
+            try:
+                digest = sha256_file(source)
+            except FileNotFoundError:  # another process moved it since we looked
+                skipped.append((path, "gone"))
+                continue
+            if expected and digest != expected:
+                skipped.append((path, "changed since it was indexed: run `lookalike index` first"))
+                continue
+            if target.exists() or target.is_symlink():
+                skipped.append((path, f"{target} exists already"))
+                continue
+            entry = {"from": path, "to": str(target), "sha256": digest, "done": False, "record": known}
+            entries.append(entry)
+            _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
+            transfer(source, target, digest)
+            entry["done"] = True
+            moved.append(Moved(path, str(target), digest, known))
+        record["complete"] = True
+        _save(manifest, record)
     return manifest, moved, skipped
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (which need not exist yet) lies in `folder` once every symbolic link on the way is
+    followed: a quarantine's sub-folder that is a link to elsewhere, or a manifest naming another place."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]]:
@@ -147,35 +167,64 @@ def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]
     return moved, skipped
 
 
-def undo(manifest: str | os.PathLike) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
+def undo(manifest: str | os.PathLike, *, dry_run: bool = False
+         ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
     """Move every file of a manifest back, finishing an undo that was interrupted. Returns what came back,
-    (path, reason) for what could not, and the index the manifest was made for."""
+    (path, reason) for what could not, and the index the manifest was made for. What came back includes the
+    files an interrupted run of this undo had already put back (`Moved.earlier`) when they are still as they
+    were: a kill between moving them and writing the index left them out of it. A manifest is trusted only
+    for files inside its own folder: an entry whose quarantined copy lies elsewhere is refused. `dry_run`:
+    what would come back, with nothing touched."""
     manifest = Path(manifest)
     try:
         record = json.loads(manifest.read_text())
         moves = record["moves"]
-        if not isinstance(moves, list):
+        if not isinstance(moves, list) or not all(isinstance(e, dict) and isinstance(e.get("from"), str)
+                                                  and isinstance(e.get("to"), str)
+                                                  and isinstance(e.get("sha256"), str) for e in moves):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise BadInput(f"{manifest} is not a lookalike quarantine manifest") from None
     restored: list[Moved] = []
     skipped: list[tuple[str, str]] = []
     for entry in moves:
-        if entry.get("restored"):
-            continue
         source, target = Path(entry["from"]), Path(entry["to"])
+        back = Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"))
+        if not _inside(target, manifest.parent):
+            skipped.append((entry["from"], f"the manifest puts it at {target}, outside {manifest.parent}: "
+                                           "not a file this quarantine holds"))
+            continue
+        if entry.get("restored"):
+            if not dry_run and _unchanged(source, entry["sha256"]):
+                back.earlier = True
+                restored.append(back)
+            continue
         if not entry.get("done") and source.exists() and not target.exists() and not _partial(target).exists():
             continue  # never moved (interrupted before the move): nothing to undo
+        if dry_run:
+            if target.exists() or _partial(source).exists():
+                restored.append(back)
+            else:
+                skipped.append((entry["from"], f"{target} is gone"))
+            continue
         outcome = resume(target, source, entry["sha256"])
         if outcome is None:
             entry["restored"] = True
-            restored.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record")))
+            restored.append(back)
             _save(manifest, record)
         else:
             skipped.append((entry["from"], outcome))
-    record["undone_at"] = time.time()
-    _save(manifest, record)
+    if not dry_run:
+        record["undone_at"] = time.time()
+        _save(manifest, record)
     return restored, skipped, record.get("index")
+
+
+def _unchanged(path: Path, sha256: str) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 def resume(source: Path, target: Path, sha256: str) -> str | None:
@@ -230,8 +279,17 @@ def _same_filesystem(path: Path, folder: Path) -> bool:
     return os.stat(path).st_dev == os.stat(folder).st_dev
 
 
+NAME_MAX = 255  # bytes in one file name on every common Linux and macOS filesystem
+
+
 def _partial(target: Path) -> Path:
-    return target.with_name(f".{target.name}{PARTIAL}")
+    """The temporary name a copy is written under, beside `target`: readable where it fits in one name, else
+    (a long name: 80 CJK characters are 240 bytes) a digest of the name, so that the copy is still possible."""
+    readable = f".{target.name}{PARTIAL}"
+    if len(os.fsencode(readable)) <= NAME_MAX:
+        return target.with_name(readable)
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:32]
+    return target.with_name(f".{digest}{PARTIAL}")
 
 
 def _fsync_folder(folder: Path) -> None:
