@@ -488,6 +488,25 @@ def test_a_symlink_and_its_target_are_one_file_and_the_real_file_is_never_moved(
     assert result.returncode == 0 and (hard / "a.jpg").is_file() and (hard / "b.jpg").is_file()
 
 
+def test_a_held_link_says_why_and_a_missing_target_is_named(tmp_path, thumbnail_model):
+    """The bugs: a symbolic link left in place printed "other paths lead to it ()", and `dupes NO_SUCH_DIR`
+    answered "no index at NO_SUCH_DIR: build one with ..." for a mistyped folder."""
+    root, outside = tmp_path / "photos", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    scene(5).save(root / "a.jpg", quality=90)
+    shutil.copy(root / "a.jpg", root / "b.jpg")
+    Image.open(root / "a.jpg").resize((120, 90)).save(outside / "small.jpg", quality=90)
+    os.symlink(outside / "small.jpg", root / "c_link.jpg")
+    index = tmp_path / "l.lookalike"
+    index_with(thumbnail_model, root, index)
+    result = run_cli("dupes", str(index), "--move-to", str(tmp_path / "q"), "--dry-run", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "c_link.jpg: a symbolic link" in result.stdout and "()" not in result.stdout
+    missing = run_cli("dupes", str(tmp_path / "no-such-folder"))
+    assert missing.returncode == 3 and "does not exist: give a folder of photos" in missing.stderr
+
+
 def test_a_folder_indexed_through_two_paths_is_not_emptied(collection, thumbnail_model, tmp_path):
     os.symlink(collection, tmp_path / "same-photos")
     index = tmp_path / "two.lookalike"

@@ -591,7 +591,7 @@ def dupes(
     """Find copies of the same photograph (same bytes, same pixels, or an edit the pixels prove), suggest
     which to keep; optionally move the others aside."""
     from lookalike.dupes import quarantine
-    from lookalike.dupes.find import find, movable
+    from lookalike.dupes.find import find, movable, why_held
     from lookalike.dupes.report import as_dict, evidence, write_csv, write_html
     from lookalike.images import absolute
     from lookalike.index import Index, remember_index
@@ -624,6 +624,8 @@ def dupes(
             idx.add([folder], progress=progress.files)
         remember_index(index)
         under = str(absolute(folder))
+    elif not os.path.lexists(folder):
+        raise NotFound(f"{target} does not exist: give a folder of photos, or an index made by `lookalike index`")
     else:
         index = target
     with Index.open(index) as idx:
@@ -657,7 +659,7 @@ def dupes(
             for member in chosen:
                 talk.print(Text(f"would move {member.path} -> {quarantine.destination(member.path, place, roots)}"))
             for member in held:
-                talk.print(Text(f"would not move {member.path}: other paths lead to it ({', '.join(member.aliases)})"))
+                talk.print(Text(f"would not move {member.path}: {why_held(member)}"))
             talk.print(f"{len(chosen)} files would move (dry run: nothing moved)")
             return
         records = {r.path: quarantine.record_of(r) for r in idx.records_of(m.path for m in chosen)}
@@ -667,7 +669,7 @@ def dupes(
         talk.print(Text(f"{len(moved)} duplicates moved to {move_to}; undo with "
                         f"`lookalike dupes --undo {manifest}`"))
         for member in held:
-            talk.print(Text(f"  not moved: {member.path}: other paths lead to it ({', '.join(member.aliases)})"))
+            talk.print(Text(f"  not moved: {member.path}: {why_held(member)}"))
         for path, reason in skipped:
             talk.print(Text(f"  not moved: {path}: {reason}"))
 

@@ -129,6 +129,17 @@ def movable(member: Member) -> bool:
             and not any(os.path.islink(alias) for alias in member.aliases))
 
 
+def why_held(member: Member) -> str:
+    """Why `movable` said no, in a few words for the user."""
+    if not os.path.lexists(member.path):
+        return "gone"
+    if os.path.islink(member.path):
+        return "a symbolic link: the file it leads to is not moved through it"
+    if member.aliases:
+        return f"other paths lead to it ({', '.join(member.aliases)})"
+    return "other paths lead to it (a hard link outside the index)"
+
+
 def pixel_digest(path: str) -> str | None:
     """A hash of the decoded pixels at full size: equal for the same picture in another container."""
     decoded = images.load(path)
