@@ -717,6 +717,53 @@ def test_an_undo_killed_before_the_index_was_written_is_finished_by_running_it_a
     assert indexed_paths(index) == before
 
 
+def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(collection, thumbnail_model,
+                                                                                 tmp_path, monkeypatch):
+    """The bugs: the rerun after a killed move printed only its own manifest to undo (the finished one's files
+    stayed in quarantine), said "not moved: gone" of files it had just moved, and undoing the killed manifest
+    counted a file that never left as moved back and left its half copy in the quarantine."""
+    index = tmp_path / "h.lookalike"
+    index_with(thumbnail_model, collection, index)
+    before = files_of(collection)
+    folder = tmp_path / "q"
+    found = dupes_json(str(index), "--exact-only")
+    paths = [d["path"] for c in found["clusters"] for d in c["duplicates"]]
+    assert len(paths) == 2
+    real_transfer = quarantine.transfer
+    calls = []
+
+    def killed_on_the_second(source, target, digest):
+        calls.append(source)
+        if len(calls) == 2:
+            quarantine._partial(target).parent.mkdir(parents=True, exist_ok=True)
+            quarantine._partial(target).write_bytes(b"half a copy")
+            raise SystemExit("killed")
+        real_transfer(source, target, digest)
+
+    monkeypatch.setattr(quarantine, "transfer", killed_on_the_second)
+    with pytest.raises(SystemExit):
+        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index))
+    killed = next(folder.glob("manifest-*.json"))
+    undone = run_cli("dupes", "--undo", str(killed))  # undo the killed move straight away
+    assert undone.returncode == 0 and "1 files moved back" in undone.stdout, undone.stdout
+    assert not list(folder.rglob("*" + quarantine.PARTIAL)) and files_of(collection) == before
+    monkeypatch.setattr(quarantine, "transfer", real_transfer)
+    with pytest.raises(SystemExit):
+        monkeypatch.setattr(quarantine, "transfer", killed_on_the_second)
+        calls.clear()
+        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index))
+    monkeypatch.setattr(quarantine, "transfer", real_transfer)
+    second = {str(m) for m in folder.glob("manifest-*.json")} - {str(killed)}
+    result = run_cli("dupes", str(index), "--exact-only", "--move-to", str(folder), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "gone" not in result.stdout and "2 duplicates moved" in result.stdout, result.stdout
+    for manifest in second:
+        assert f"--undo {manifest}" in result.stdout
+    for manifest in folder.glob("manifest-*.json"):
+        assert run_cli("dupes", "--undo", str(manifest)).returncode == 0
+    assert files_of(collection) == before
+
+
 def test_undo_moves_nothing_a_manifest_places_outside_its_quarantine(tmp_path):
     victim = tmp_path / "elsewhere" / "victim.txt"
     victim.parent.mkdir()

@@ -666,10 +666,12 @@ def dupes(
         files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
         manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
         idx.remove([m.source for m in moved])
+        manifests = sorted({m.manifest for m in moved}) or [str(manifest)]
         talk.print(Text(f"{len(moved)} duplicates moved to {move_to}; undo with "
-                        f"`lookalike dupes --undo {manifest}`"))
+                        + " and ".join(f"`lookalike dupes --undo {m}`" for m in manifests)))
         for member in held:
-            talk.print(Text(f"  not moved: {member.path}: {why_held(member)}"))
+            if member.path not in {m.source for m in moved}:  # an interrupted move's file, finished now
+                talk.print(Text(f"  not moved: {member.path}: {why_held(member)}"))
         for path, reason in skipped:
             talk.print(Text(f"  not moved: {path}: {reason}"))
 

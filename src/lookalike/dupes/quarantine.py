@@ -45,6 +45,7 @@ class Moved:
     sha256: str
     record: dict | None = None  # what the index knew of the file (see `record_of`)
     earlier: bool = False  # put back by an earlier, interrupted run of the same undo
+    manifest: str = ""  # the manifest that records this move (an interrupted one, finished later, has its own)
 
 
 def check_folder(folder: str | os.PathLike, roots: Sequence[str]) -> Path:
@@ -105,7 +106,10 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
         record = {"created_at": time.time(), "folder": str(folder),
                   "index": None if index_path is None else str(absolute(index_path)), "complete": False,
                   "moves": entries}
+        finished = {m.source for m in moved}
         for path, expected, known in files:
+            if path in finished:  # the interrupted move just finished it
+                continue
             source = Path(path)
             target = destination(path, folder, roots)
             if not _inside(target, folder):
@@ -130,7 +134,7 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
             _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
             transfer(source, target, digest)
             entry["done"] = True
-            moved.append(Moved(path, str(target), digest, known))
+            moved.append(Moved(path, str(target), digest, known, manifest=str(manifest)))
         record["complete"] = True
         _save(manifest, record)
     return manifest, moved, skipped
@@ -143,7 +147,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]]:
-    """Complete the moves of every manifest in `folder` that a kill left unfinished."""
+    """Complete the moves of every manifest in `folder` that a kill left unfinished: what is now in quarantine
+    by them (moved before the kill or now) and (path, reason) for what could not be finished."""
     moved: list[Moved] = []
     skipped: list[tuple[str, str]] = []
     for manifest in sorted(folder.glob("manifest-*.json")):
@@ -154,12 +159,15 @@ def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]
         if record.get("complete") is not False or record.get("undone_at"):
             continue
         for entry in record.get("moves", []):
-            if entry.get("done"):
+            if entry.get("done"):  # moved before the kill: the index may still hold it
+                moved.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"),
+                                   manifest=str(manifest)))
                 continue
             outcome = resume(Path(entry["from"]), Path(entry["to"]), entry["sha256"])
             if outcome is None:
                 entry["done"] = True
-                moved.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record")))
+                moved.append(Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"),
+                                   manifest=str(manifest)))
             else:
                 skipped.append((entry["from"], outcome))
         record["complete"] = True
@@ -199,8 +207,10 @@ def undo(manifest: str | os.PathLike, *, dry_run: bool = False
                 back.earlier = True
                 restored.append(back)
             continue
-        if not entry.get("done") and source.exists() and not target.exists() and not _partial(target).exists():
-            continue  # never moved (interrupted before the move): nothing to undo
+        if not entry.get("done") and not target.exists() and _unchanged(source, entry["sha256"]):
+            if not dry_run:  # never moved (a kill before the move, or in the middle of copying it)
+                _partial(target).unlink(missing_ok=True)
+            continue
         if dry_run:
             if target.exists() or _partial(source).exists():
                 restored.append(back)
