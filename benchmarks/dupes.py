@@ -52,7 +52,7 @@ from benchmarks.dupes_sets import (
     make_edited_set,
     make_reshots,
 )
-from benchmarks.report import ROOT, command, commit, machine, write_section
+from benchmarks.report import command, commit, machine, write_section
 
 SIZES = {"dev": (600, 200), "test": (1000, 250)}
 
@@ -494,7 +494,7 @@ def render(results: dict, timing: dict | None) -> str:
 
 {missed_text}
 
-`{command()}` at commit {commit()}{' (uncommitted changes)' if _dirty() else ''}, on
+`{command()}` at commit {commit()}, on
 {machine(("onnxruntime", "numpy", "opencv-python-headless", "scipy", "faiss-cpu", "imagededup"))};
 load average during the run {os.getloadavg()[0]:.1f} (other work shared the 2 cores: times are pessimistic).
 
@@ -545,14 +545,6 @@ Look-alike studio shots flagged, by group, with what looking at each group said:
 
 fastdup was not run: not installed here (non-commercial licence, telemetry on by default; see FACTS.md).
 """
-
-
-def _dirty() -> bool:
-    try:
-        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, cwd=ROOT).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 if __name__ == "__main__":
