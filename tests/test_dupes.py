@@ -835,21 +835,27 @@ def test_reports_csv_and_html_and_unreadable_files_are_not_fatal(collection, thu
     assert none.returncode == 2 and "give a folder or an index" in none.stderr
 
 
-def test_the_report_draws_file_names_holding_a_newline(tmp_path, thumbnail_model):
-    """The bug: --report stopped with "internal error: ValueError: can't measure length of multiline text"."""
+def indexed_copies(tmp_path, model, name: str, copy: str) -> Path:
+    """An index of one photo, under `name`, and a byte copy of it under `copy`: for names that break things."""
     root = tmp_path / "photos"
     root.mkdir()
-    scene(9).save(root / "two\nlines.jpg", quality=90)
-    shutil.copy(root / "two\nlines.jpg", root / "copy.jpg")
-    index_with(thumbnail_model, root, tmp_path / "n.lookalike")
-    result = run_cli("dupes", str(tmp_path / "n.lookalike"), "--report", str(tmp_path / "report"), "-q")
+    scene(9).save(root / name, quality=90)
+    shutil.copy(root / name, root / copy)
+    index_with(model, root, tmp_path / "x.lookalike")
+    return tmp_path / "x.lookalike"
+
+
+def test_the_report_draws_file_names_holding_a_newline(tmp_path, thumbnail_model):
+    """The bug: --report stopped with "internal error: ValueError: can't measure length of multiline text"."""
+    index = indexed_copies(tmp_path, thumbnail_model, "two\nlines.jpg", "copy.jpg")
+    result = run_cli("dupes", str(index), "--report", str(tmp_path / "report"), "-q")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "report" / "index.html").is_file()
 
 
 def test_a_placeholder_capture_time_is_no_capture_time(tmp_path):
-    """The bug: "0000:00:00 00:00:00" (cameras with no clock set) or garbage counted as a moment, so an edit
-    of a photo carrying it and a copy without it... or with a real one, were 'taken apart'."""
+    """The bug: "0000:00:00 00:00:00" (a camera whose clock was never set) or garbage counted as a moment of
+    capture, so a copy carrying it and one carrying another (or a real time) were 'two exposures'."""
     with_capture_time(scene(5), tmp_path / "a.jpg", "0000:00:00 00:00:00")
     with_capture_time(scene(5), tmp_path / "b.jpg", "not a date at all")
     with_capture_time(scene(5), tmp_path / "c.jpg", "2024:05:01 10:00:00", "x7")
@@ -859,12 +865,8 @@ def test_a_placeholder_capture_time_is_no_capture_time(tmp_path):
 
 
 def test_markup_in_file_names_is_printed_as_is(tmp_path, thumbnail_model):
-    root = tmp_path / "photos"
-    root.mkdir()
-    scene(9).save(root / "[red]a.jpg", quality=90)
-    shutil.copy(root / "[red]a.jpg", root / "[bold]b.jpg")
-    index_with(thumbnail_model, root, tmp_path / "x.lookalike")
-    result = run_cli("dupes", str(tmp_path / "x.lookalike"), "-q")
+    index = indexed_copies(tmp_path, thumbnail_model, "[red]a.jpg", "[bold]b.jpg")
+    result = run_cli("dupes", str(index), "-q")
     assert result.returncode == 0 and "[red]a.jpg" in result.stdout and "[bold]b.jpg" in result.stdout
 
 
