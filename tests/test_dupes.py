@@ -764,6 +764,24 @@ def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(
     assert files_of(collection) == before
 
 
+def test_a_move_with_nothing_left_to_move_points_at_no_empty_manifest(tmp_path, thumbnail_model):
+    """The bugs: re-running a finished move said "0 duplicates moved; undo with MANIFEST" naming a new, empty
+    manifest (each run left one more), and "not moved" lines printed a newline in a name raw."""
+    index = indexed_copies(tmp_path, thumbnail_model, "a.jpg", "two\nlines.jpg")
+    folder = tmp_path / "q"
+    first = run_cli("dupes", str(index), "--move-to", str(folder), "-q")
+    assert first.returncode == 0 and "1 duplicates moved" in first.stdout, first.stdout
+    (manifest,) = folder.glob("manifest-*.json")
+    shutil.copy(tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "two\nlines.jpg")  # the copy is back
+    index_with(thumbnail_model, tmp_path / "photos", index)
+    shutil.copy(tmp_path / "photos" / "a.jpg", next(folder.rglob("two*")))  # ...and its place is taken
+    again = run_cli("dupes", str(index), "--move-to", str(folder), "-q")
+    assert again.returncode == 0, again.stderr
+    assert "0 duplicates moved" in again.stdout and "--undo" not in again.stdout
+    assert "two\\x0alines.jpg" in again.stdout and "exists already" in again.stdout
+    assert list(folder.glob("manifest-*.json")) == [manifest]
+
+
 def test_undo_moves_nothing_a_manifest_places_outside_its_quarantine(tmp_path):
     victim = tmp_path / "elsewhere" / "victim.txt"
     victim.parent.mkdir()

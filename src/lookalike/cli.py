@@ -608,7 +608,7 @@ def dupes(
             out.print(f"{sum(not m.earlier for m in restored)} files moved back from quarantine")
             _reindex_restored(restored, index_path)
         for path, reason in skipped:
-            out.print(Text(f"  not restored: {path}: {reason}"))
+            out.print(Text(f"  not restored: {_shorter(path)}: {reason}"))
         if skipped:
             raise typer.Exit(1)
         return
@@ -657,23 +657,25 @@ def dupes(
         if dry_run:
             place = quarantine.check_folder(move_to, roots)
             for member in chosen:
-                talk.print(Text(f"would move {member.path} -> {quarantine.destination(member.path, place, roots)}"))
+                talk.print(Text(f"would move {_shorter(member.path)} -> "
+                                f"{_shorter(str(quarantine.destination(member.path, place, roots)))}"))
             for member in held:
-                talk.print(Text(f"would not move {member.path}: {why_held(member)}"))
+                talk.print(Text(f"would not move {_shorter(member.path)}: {why_held(member)}"))
             talk.print(f"{len(chosen)} files would move (dry run: nothing moved)")
             return
         records = {r.path: quarantine.record_of(r) for r in idx.records_of(m.path for m in chosen)}
         files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
-        manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
+        _, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
         idx.remove([m.source for m in moved])
-        manifests = sorted({m.manifest for m in moved}) or [str(manifest)]
-        talk.print(Text(f"{len(moved)} duplicates moved to {move_to}; undo with "
-                        + " and ".join(f"`lookalike dupes --undo {m}`" for m in manifests)))
+        manifests = sorted({m.manifest for m in moved})
+        talk.print(Text(f"{len(moved)} duplicates moved to {move_to}"
+                        + "".join(f"; undo with `lookalike dupes --undo {m}`" for m in manifests[:1])
+                        + "".join(f" and `lookalike dupes --undo {m}`" for m in manifests[1:])))
         for member in held:
             if member.path not in {m.source for m in moved}:  # an interrupted move's file, finished now
-                talk.print(Text(f"  not moved: {member.path}: {why_held(member)}"))
+                talk.print(Text(f"  not moved: {_shorter(member.path)}: {why_held(member)}"))
         for path, reason in skipped:
-            talk.print(Text(f"  not moved: {path}: {reason}"))
+            talk.print(Text(f"  not moved: {_shorter(path)}: {reason}"))
 
 
 def _reindex_restored(restored, index_path: str | None) -> None:

@@ -136,7 +136,10 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
             entry["done"] = True
             moved.append(Moved(path, str(target), digest, known, manifest=str(manifest)))
         record["complete"] = True
-        _save(manifest, record)
+        if entries:
+            _save(manifest, record)
+        else:  # nothing moved by this run: no empty manifest to be pointed at
+            manifest.unlink(missing_ok=True)
     return manifest, moved, skipped
 
 
