@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,13 @@ def answer_of(index: Path, saved: Path, reuse: bool) -> dict:
     `reuse`, the one saved by an earlier run."""
     if reuse and saved.is_file():
         return json.loads(saved.read_text())
+    checks = index.parent / f"{index.name}-cache" / "dupes.sqlite"  # the checks' cache: cold means without it
+    checks.unlink(missing_ok=True)
     answer, cold, peak = run_dupes(index)
+    with sqlite3.connect(checks) as db:
+        feature_rows = db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
     warm = run_dupes(index)[1]
-    answer["bench"] = {"cold_seconds": cold, "warm_seconds": warm, "peak_rss_mb": peak,
+    answer["bench"] = {"cold_seconds": cold, "warm_seconds": warm, "peak_rss_mb": peak, "feature_rows": feature_rows,
                        "load": os.getloadavg()[0], "commit": commit()}
     saved.write_text(json.dumps(answer))
     return answer
@@ -260,7 +265,7 @@ def verification_only(seed: int = 6_000_000) -> dict:
     def features(image) -> verify.Features:
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, "JPEG", quality=90)
-        return verify.features(verify.thumbnail(np.asarray(Image.open(buffer).convert("RGB"))))
+        return verify.features_of(np.asarray(Image.open(buffer).convert("RGB")))
 
     rows: dict[str, list[bool]] = {}
     holidays = [p for p in sorted(HOLIDAYS.glob("*.jpg")) if int(p.stem) // 100 < 1075][1::2]
@@ -283,16 +288,20 @@ def verification_only(seed: int = 6_000_000) -> dict:
 
 def feature_cost(folder: Path, count: int = 300) -> dict:
     """What a first run pays per file before any pair is checked: decoding and verification features
-    (lookalike.dupes.cache.compute) of `count` files of the set, timed alone."""
+    (lookalike.dupes.cache.compute) of `count` files of the set, timed alone, on one thread per core as
+    `lookalike dupes` computes them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from lookalike.dupes.cache import compute
 
     files = sorted(folder.glob("*.jpg"))[:count]
     load = os.getloadavg()[0]
+    workers = len(os.sched_getaffinity(0))
     started = time.perf_counter()
-    for path in files:
-        compute(str(path))
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(compute, map(str, files)))
     return {"files": len(files), "seconds_per_file": (time.perf_counter() - started) / max(1, len(files)),
-            "load": load}
+            "load": load, "threads": workers}
 
 
 def timing_100k(real_index: Path, n: int = 100_000) -> dict:
@@ -453,11 +462,13 @@ def render(results: dict, timing: dict | None) -> str:
     dev_wrong = judged(results["dev"]["lookalike"].get("hard", {}).get("flagged_groups", []))
     hol = results["test"]["lookalike"].get("holidays", {}).get("flagged_groups", [])
     timing_text = "not measured in this run"
+    first_run = 0.0
     if timing:
         test = results["test"]["lookalike"]
-        per_pair = test["cold_seconds"] / max(1, test["candidates"])
         files = results.get("features", {})
         per_file = files.get("seconds_per_file", 0.0)
+        # The cold run also computed the features of every file in a pair: taken out, at the rate just timed.
+        per_pair = max(0.0, test["cold_seconds"] - test.get("feature_rows", 0) * per_file) / max(1, test["candidates"])
         first_run = timing["n"] * per_file + timing["candidate_pairs"] * per_pair
         timing_text = (f"{timing['n']:,} synthetic vectors (sigma {timing['sigma']:.3f}: median nearest-neighbour "
                        f"cosine {timing['median_nn_cosine']:.3f}, as the test index's, whose many edited copies "
@@ -470,9 +481,11 @@ def render(results: dict, timing: dict | None) -> str:
                        f"(candidate search, bookkeeping, clusters, keep rule): {timing['stub_seconds']:.0f} s (load "
                        f"{timing['stub_load']:.1f}). A first run on real files must also compute every file's "
                        f"features and check every pair: on the test set {1000 * per_file:.1f} ms per file (decoding "
-                       f"and ORB, {files.get('files', 0)} files timed alone, load {files.get('load', 0):.1f}) and "
-                       f"{1000 * per_pair:.1f} ms per candidate pair (the whole command's time over its pairs, "
-                       f"features cached), so {timing['n']:,} files and {timing['candidate_pairs']:,} pairs would take "
+                       f"and ORB, {files.get('files', 0)} files timed alone on {files.get('threads', 1)} threads, "
+                       f"load {files.get('load', 0):.1f}) and {1000 * per_pair:.1f} ms per candidate pair (the cold "
+                       f"run's {test['cold_seconds']:.0f} s less its {test.get('feature_rows', 0):,} files' features "
+                       f"at that rate, over its {test['candidates']:,} pairs), so {timing['n']:,} files and "
+                       f"{timing['candidate_pairs']:,} pairs would take "
                        f"about {first_run / 3600:,.1f} h on these two cores: an estimate, not a measurement.")
     test = results["test"]["lookalike"]
     missed = []
@@ -487,7 +500,10 @@ def render(results: dict, timing: dict | None) -> str:
     low = [f"{label} {r['recall']:.3f}" for label, r in test["per_edit"].items() if r["recall"] < 0.95]
     if low:
         missed.append("recall under 0.95 for one kind of edit alone (the target is over all edits): " + ", ".join(low))
-    missed_text = ("**Missed on the test set: " + "; ".join(missed) + ".**") if missed else "Every target met."
+    if timing and first_run > 60:
+        missed.append(f"100,000 images in < 60 s only as a re-run ({timing['seconds']:.0f} s); a first run, which "
+                      f"must check every pair, about {first_run / 3600:,.1f} h (an estimate, below)")
+    missed_text = ("**Missed: " + "; ".join(missed) + ".**") if missed else "Every target met."
     only = results.get("verification_only", {})
     only_text = "; ".join(f"{label}: {r['accepted']} of {r['pairs']} accepted" for label, r in only.items())
     return f"""## Duplicates (issue 13)

@@ -170,6 +170,157 @@ def test_checks_are_cached_beside_the_index_and_a_damaged_cache_is_rebuilt(colle
         assert db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == verdicts
 
 
+def test_a_first_run_stopped_part_way_keeps_the_pairs_it_checked(collection, thumbnail_model, tmp_path,
+                                                                   monkeypatch):
+    """A first run at 100k checks pairs for hours: each chunk's features and verdicts are written as it ends,
+    so that Ctrl-C (or kill) loses one chunk, not the run. One thread or two give the same answer."""
+    import sqlite3
+
+    from lookalike import Index
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "k.lookalike"
+    index_with(thumbnail_model, collection, index)
+    monkeypatch.setattr(finder, "CHUNK", 2)
+    monkeypatch.setattr(finder, "IN_MEMORY", 3)  # features leave memory between chunks and are read back
+    checked: list[tuple[int, int]] = []
+    real_compare = verify.compare
+
+    def counting(a, b):
+        checked.append((id(a), id(b)))
+        return real_compare(a, b)
+
+    def stop_after_two_chunks(what, done, total):
+        assert what == finder.CHECKING and total is not None and total > 4  # enough pairs to stop part-way
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "compare", counting)
+    with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+        finder.find(opened, steps=stop_after_two_chunks, workers=2)
+    assert len(checked) >= 2
+    with sqlite3.connect(tmp_path / "k.lookalike-cache" / "dupes.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    assert kept >= 2  # the two chunks that ended before the stop are on disk
+    checked.clear()
+    with Index.open(index) as opened:
+        two = finder.find(opened, workers=2)
+    assert len(checked) <= two.candidates - kept  # the pairs checked before the stop were not checked again
+    with Index.open(index) as opened:
+        one = finder.find(opened, workers=1)
+    assert [sorted(m.path for m in c.members) for c in one.clusters] == \
+        [sorted(m.path for m in c.members) for c in two.clusters] and len(two.clusters) == 6
+
+
+def test_ctrl_c_in_the_middle_of_a_chunk_stops_without_checking_the_rest_of_it(thumbnail_model, tmp_path,
+                                                                                monkeypatch):
+    """Ctrl-C waited for every pair left in the chunk (2,000 pairs, seconds to a minute) before it stopped."""
+    import _thread
+    import signal
+    import time as clock
+
+    from lookalike import Index
+    from lookalike.dupes import find as finder
+
+    photos, index = tmp_path / "many", tmp_path / "c.lookalike"
+    photos.mkdir()
+    for n in range(30):
+        scene(n).save(photos / f"s{n}.jpg", quality=80)
+    index_with(thumbnail_model, photos, index)
+    calls: list[float] = []
+
+    def interrupted(a, b):
+        calls.append(clock.perf_counter())
+        if len(calls) == 2:
+            _thread.interrupt_main()  # as Ctrl-C does: KeyboardInterrupt in the main thread
+        clock.sleep(0.05)
+        return verify.Evidence(False, "not checked")
+
+    with Index.open(index) as opened:
+        pairs = finder.find(opened, workers=1, floor=-1.0).candidates  # every neighbour a candidate
+    (tmp_path / "c.lookalike-cache" / "dupes.sqlite").unlink()  # what that run checked is to be checked again
+    monkeypatch.setattr(verify, "compare", interrupted)
+    # Ctrl-C as a terminal sends it, whatever handler an earlier test (a server's) left for SIGINT
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+            finder.find(opened, workers=1, floor=-1.0)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert pairs >= 8 and len(calls) <= 3, (pairs, len(calls))  # the one running when it came, and no more
+
+
+def test_pairs_are_checked_in_an_order_that_keeps_a_pictures_pairs_together():
+    """A first run at 100k cannot hold every picture's features in memory; read back from disk, each costs
+    about a millisecond. Pairs along a chain of pictures numbered at random come out chain-wise."""
+    from lookalike.dupes.find import local_order
+
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(10_000)[:500]
+    chain = np.stack([ids[:-1], ids[1:]], axis=1)
+    pairs = np.sort(chain, axis=1)[rng.permutation(len(chain))]
+    order = local_order(pairs)
+    assert sorted(order.tolist()) == list(range(len(pairs)))  # every pair once
+    walked = pairs[order]
+    shared = [len(set(walked[i]) & set(walked[i + 1])) for i in range(len(walked) - 1)]
+    assert sum(shared) == len(walked) - 1  # each pair shares a picture with the next: a walk along the chain
+    assert local_order(np.empty((0, 2), np.int64)).tolist() == []
+
+
+def test_stored_features_come_back_the_same_and_a_damaged_row_is_computed_again(tmp_path):
+    from lookalike.dupes import cache as store
+
+    picture = tmp_path / "p.jpg"
+    scene(4).save(picture, quality=85)
+    features = store.compute(str(picture))
+    again = store._decode(store._encode(features))
+    for name in ("thumb", "detail", "points", "descriptors", "mirror_points", "mirror_descriptors"):
+        assert np.array_equal(getattr(again, name), getattr(features, name)), name
+        assert getattr(again, name).dtype == getattr(features, name).dtype, name
+    assert again.resolution == pytest.approx(features.resolution)
+    kept = store.FeatureCache(tmp_path / "cache")
+    kept.get(7, str(picture))
+    kept.save()
+    kept.db.execute("UPDATE features SET data = substr(data, 1, 40)")  # cut short
+    kept.db.commit()
+    kept.close()
+    reopened = store.FeatureCache(tmp_path / "cache")
+    assert np.array_equal(reopened.get(7, str(picture)).thumb, features.thumb)  # computed again, not an error
+    reopened.close()
+
+
+def test_progress_moves_while_a_chunk_is_checked(collection, thumbnail_model, tmp_path, monkeypatch):
+    """The bar stood at 0 for a whole chunk (2,000 pairs: half a minute), then jumped."""
+    from lookalike import Index
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "p.lookalike"
+    index_with(thumbnail_model, collection, index)
+    monkeypatch.setattr(finder, "PROGRESS_EVERY", 1)
+    heard: list[int] = []
+    with Index.open(index) as opened:
+        total = finder.find(opened, floor=-1.0, steps=lambda what, done, total: heard.append(done)).candidates
+    assert total > 5 and len(set(heard)) > 3 and heard == sorted(heard)
+
+
+def test_ctrl_c_says_what_it_left_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """Typer turned Ctrl-C into a silent exit 130: the line meant for it never showed."""
+    import sys
+
+    from lookalike import cli
+    from lookalike.index import Index as Opened
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Opened, "open", stopped)
+    monkeypatch.setattr(sys, "argv", ["lookalike", "dupes", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 130
+    assert "interrupted: run the same command again" in capsys.readouterr().err
+
+
 def test_cached_verdicts_are_read_back_for_exactly_the_pairs_asked(tmp_path):
     """A re-run reads every verdict in one pass: refusals as a mask, acceptances with their evidence; pairs
     never checked are in neither (they must be checked)."""
@@ -192,7 +343,7 @@ def test_cached_verdicts_are_read_back_for_exactly_the_pairs_asked(tmp_path):
 def features_of(image: Image.Image) -> verify.Features:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
-    return verify.features(verify.thumbnail(np.asarray(Image.open(buffer).convert("RGB"))))
+    return verify.features_of(np.asarray(Image.open(buffer).convert("RGB")))
 
 
 @pytest.mark.parametrize("edit", [
@@ -536,6 +687,60 @@ def test_move_inside_an_indexed_folder_is_refused(collection, thumbnail_model, t
     assert files_of(collection) == before and not (collection / "quarantine").exists()
 
 
+def test_a_quarantine_that_is_a_file_or_cannot_be_made_is_refused_before_anything_moves(collection, thumbnail_model,
+                                                                                          tmp_path):
+    """--move-to onto an existing file, or somewhere no folder can be made, said "[Errno 17] File exists" or
+    "[Errno 2] No such file or directory" after the scan; now one line saying what to do, and nothing moved."""
+    index = tmp_path / "f.lookalike"
+    index_with(thumbnail_model, collection, index)
+    before = files_of(collection)
+    (tmp_path / "a-file").write_text("not a folder")
+    for place, said in ((tmp_path / "a-file", "is a file, not a folder"),
+                        (tmp_path / "a-file" / "below", "cannot be made or written to"),
+                        (Path("/proc/lookalike-quarantine"), "cannot be made or written to")):  # even as root
+        result = run_cli("dupes", str(index), "--move-to", str(place), "-q")
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Errno" not in result.stderr
+    assert files_of(collection) == before
+
+
+def test_an_undo_waits_while_another_move_or_undo_holds_the_quarantine(collection, thumbnail_model, tmp_path):
+    """Two undos of one manifest at once: the second said "[Errno 2] No such file or directory" about a file
+    the first had just put back. Undo now takes the quarantine's lock, as moves do."""
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    index = tmp_path / "w.lookalike"
+    index_with(thumbnail_model, collection, index)
+    folder = tmp_path / "quarantine"
+    manifest = move_exact(collection, index, folder)
+    with FileLock(folder / quarantine.LOCK):
+        waiting = subprocess.Popen([sys.executable, "-m", "lookalike", "dupes", "--undo", str(manifest)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=5)  # it waits for the lock rather than moving files under another run
+        moved = [entry["from"] for entry in json.loads(manifest.read_text())["moves"]]
+        assert moved and not any(os.path.exists(path) for path in moved)  # nothing came back meanwhile
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and "moved back" in out, err
+    again = run_cli("dupes", "--undo", str(manifest))
+    assert again.returncode == 0 and "Errno" not in again.stderr
+
+
+def test_undo_of_a_manifest_that_is_not_there_says_so(tmp_path):
+    result = run_cli("dupes", "--undo", str(tmp_path / "manifest-gone.json"))
+    assert result.returncode == 3 and "does not exist" in result.stderr and "not a lookalike" not in result.stderr
+
+
+def test_dry_run_without_a_move_is_refused_not_ignored(collection, thumbnail_model, tmp_path):
+    index = tmp_path / "r.lookalike"
+    index_with(thumbnail_model, collection, index)
+    result = run_cli("dupes", str(index), "--dry-run", "-q")
+    assert result.returncode == 2 and "--dry-run goes with --move-to or --undo" in result.stderr
+
+
 def test_dry_run_lists_and_moves_nothing(collection, thumbnail_model, tmp_path):
     index = tmp_path / "n.lookalike"
     index_with(thumbnail_model, collection, index)
@@ -796,6 +1001,33 @@ def test_undo_moves_nothing_a_manifest_places_outside_its_quarantine(tmp_path):
     assert victim.read_text() == "not yours" and not (tmp_path / "taken.txt").exists()
 
 
+def test_undo_writes_files_only_into_the_folders_of_the_index_they_go_back_into(collection, thumbnail_model,
+                                                                                 tmp_path):
+    """A manifest is a file anyone can write: one handed to a user put its quarantined file back at any path
+    the user could write (a new ~/.ssh/authorized_keys, say). Files now go back only into the folders of the
+    index they return to (the manifest's, or --index), and the rest stay in quarantine, each said why."""
+    index = tmp_path / "u.lookalike"
+    index_with(thumbnail_model, collection, index)
+    quarantine_folder = tmp_path / "quarantine"
+    manifest = move_exact(collection, index, quarantine_folder)
+    record = json.loads(manifest.read_text())
+    planted = tmp_path / "home" / ".ssh" / "authorized_keys"
+    record["moves"][0]["from"] = str(planted)
+    manifest.write_text(json.dumps(record))
+    result = run_cli("dupes", "--undo", str(manifest))
+    assert result.returncode == 1 and "outside the folders of the index it goes back into" in result.stdout
+    assert not planted.exists() and Path(record["moves"][0]["to"]).exists()  # left in quarantine
+    assert "1 files moved back" in result.stdout  # the other one went home
+    record["index"] = str(tmp_path / "no-such.lookalike")  # an index that cannot be opened vouches for nothing
+    record["moves"][0]["from"] = str(collection / "p9.jpg")
+    manifest.write_text(json.dumps(record))
+    result = run_cli("dupes", "--undo", str(manifest))
+    assert result.returncode == 2 and "the index this manifest names cannot be opened" in result.stderr
+    assert "give --index INDEX" in result.stderr and not (collection / "p9.jpg").exists()
+    result = run_cli("dupes", "--undo", str(manifest), "--index", str(index))  # naming the index it belongs to
+    assert result.returncode == 0 and (collection / "p9.jpg").exists(), result.stdout
+
+
 def test_a_move_never_follows_a_link_inside_the_quarantine_out_of_it(tmp_path):
     root, away = tmp_path / "photos", tmp_path / "away"
     root.mkdir()
@@ -914,11 +1146,27 @@ def test_real_model_finds_edited_copies_of_real_photos_but_not_same_class_photos
 
 @pytest.mark.integration
 @pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared/datasets/caltech101 is not present")
+@pytest.mark.parametrize("name", ["image_0004.jpg", "image_0031.jpg", "image_0085.jpg"])
+def test_a_half_size_copy_of_a_small_furry_photo_is_the_same_photograph(name):
+    """A leopard (192 x 128 pixels) and its half-size copy were "another shot": brought up to the thumbnail, the
+    copy is blur where the original has fur, and phase correlation matched fur against blur (shifts of about
+    0.5 px, read as parallax; 8 of the 13 half-size copies the test set missed). The shifts are now measured at
+    the coarser picture's resolution."""
+    original = Image.open(CALTECH / "Leopards" / name).convert("RGB")
+    half = original.resize((original.width // 2, original.height // 2))
+    first, copy = features_of(original), features_of(half)
+    assert verify.common_resolution(first, copy, 1.0) == pytest.approx(0.5, abs=0.02)
+    evidence = verify.compare(first, copy)
+    assert evidence.same and evidence.local_shift <= verify.MAX_LOCAL_SHIFT, evidence
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not CALTECH.is_dir(), reason="../shared/datasets/caltech101 is not present")
 def test_different_ducatis_on_black_are_not_one_photograph_but_a_real_dataset_duplicate_is():
     """The two pairs the test set's look-alike studio shots flagged wrongly (seen there; the rule that refuses
     them was chosen on the dev set), and one of the dataset's own duplicates, which must stay one photograph."""
     def of(name: str) -> verify.Features:
-        return verify.features(verify.thumbnail(np.asarray(Image.open(CALTECH / "Motorbikes" / name).convert("RGB"))))
+        return verify.features_of(np.asarray(Image.open(CALTECH / "Motorbikes" / name).convert("RGB")))
 
     for a, b in (("image_0715.jpg", "image_0738.jpg"), ("image_0724.jpg", "image_0734.jpg")):
         evidence = verify.compare(of(a), of(b))

@@ -599,7 +599,9 @@ def dupes(
     if undo is not None:
         if target is not None or move_to is not None:
             raise UsageError("--undo MANIFEST takes no folder and no --move-to: it puts back what the manifest moved")
-        restored, skipped, index_path = quarantine.undo(undo, dry_run=dry_run)
+        index_path = str(index) if index is not None else quarantine.read_manifest(undo).get("index")
+        restored, skipped, _ = quarantine.undo(undo, dry_run=dry_run,
+                                               into=_indexed_folders(index_path, named_by_manifest=index is None))
         if dry_run:
             for back in restored:
                 out.print(Text(f"would move back {_shorter(back.target)} -> {_shorter(back.source)}"))
@@ -614,6 +616,8 @@ def dupes(
         return
     if target is None:
         raise UsageError("give a folder or an index to look for duplicates in (or --undo MANIFEST)")
+    if dry_run and move_to is None:
+        raise UsageError("--dry-run goes with --move-to or --undo: without them nothing moves anyway")
     folder = Path(target).expanduser()
     under = None
     if folder.is_dir():
@@ -631,7 +635,8 @@ def dupes(
     with Index.open(index) as idx:
         if move_to is not None:
             quarantine.check_folder(move_to, idx.roots())
-        findings = find(idx, under=under, exact_only=exact_only)
+        with _Report(quiet) as progress:
+            findings = find(idx, under=under, exact_only=exact_only, steps=progress.steps)
         talk = err if as_json else out
         if as_json:
             print(json.dumps(as_dict(findings), indent=2))
@@ -676,6 +681,22 @@ def dupes(
                 talk.print(Text(f"  not moved: {_shorter(member.path)}: {why_held(member)}"))
         for path, reason in skipped:
             talk.print(Text(f"  not moved: {_shorter(path)}: {reason}"))
+
+
+def _indexed_folders(index_path: str | None, named_by_manifest: bool) -> list[str]:
+    """The folders an index covers, where an undo may put files back; UsageError when there is none to ask."""
+    from lookalike.index import Index
+
+    if not index_path:
+        raise UsageError("this manifest names no index: give --index INDEX, the index its files go back into")
+    try:
+        with Index.open(index_path) as idx:
+            return idx.roots()
+    except (LookalikeError, OSError) as exc:
+        if not named_by_manifest:
+            raise
+        raise UsageError(f"the index this manifest names cannot be opened ({exc}): give --index INDEX, the index "
+                         "its files go back into") from None
 
 
 def _reindex_restored(restored, index_path: str | None) -> None:
@@ -1150,6 +1171,21 @@ for _info in app.registered_commands:
     _info.cls = _Command
 
 
+def _from_ctrl_c(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupted() -> None:
+    err.print("interrupted: run the same command again to go on (index and dupes keep what they had finished)",
+              soft_wrap=True)
+    sys.exit(130)
+
+
 def main() -> None:
     _show_library_messages()
     try:
@@ -1157,8 +1193,11 @@ def main() -> None:
     except LookalikeError as exc:
         _fail("error", str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted: what was indexed so far is saved; run the same command again to finish")
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:  # Typer turns Ctrl-C into a silent exit 130: say what it means
+        if exc.code == 130 and _from_ctrl_c(exc):
+            _interrupted()
+        raise
     except (OSError, MemoryError) as exc:
         _fail("error", str(exc), 1)
     except sqlite3.DatabaseError as exc:  # the disk or the file, met outside the store's own checks

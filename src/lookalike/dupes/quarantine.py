@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from lookalike.errors import BadInput, LookalikeError, UnsafeMove
+from lookalike.errors import BadInput, LookalikeError, NotFound, UnsafeMove, UsageError
 from lookalike.fileio import atomic_write, sha256_file
 from lookalike.images import QUARANTINE_MARKER, absolute
 
 PARTIAL = ".lookalike-partial"
 LOCK = ".lookalike-quarantine.lock"
+GONE = "gone since the scan (another run may have moved it)"
 
 
 @dataclass
@@ -49,10 +51,18 @@ class Moved:
 
 
 def check_folder(folder: str | os.PathLike, roots: Sequence[str]) -> Path:
-    """The quarantine folder as an absolute path, or UnsafeMove when it is inside an indexed folder or holds
-    one (symbolic links resolved)."""
+    """The quarantine folder as an absolute path; UnsafeMove when it is inside an indexed folder or holds one
+    (symbolic links resolved), UsageError when it is a file or cannot be made (nothing is moved either way)."""
     folder = absolute(folder)
     real = Path(os.path.realpath(folder))
+    if real.exists() and not real.is_dir():
+        raise UsageError(f"--move-to {folder} is a file, not a folder: give a folder for the quarantine")
+    nearest = next((p for p in (real, *real.parents) if p.exists()), Path("/"))
+    try:  # a folder made and removed at once: the one true test of "can one be made here" (root, /proc, ...)
+        os.rmdir(tempfile.mkdtemp(prefix=".lookalike-probe-", dir=nearest))
+    except OSError as exc:
+        raise UsageError(f"--move-to {folder} cannot be made or written to ({nearest}: {exc.strerror}): choose "
+                         "another folder") from None
     for root in roots:
         real_root = Path(os.path.realpath(root))
         if real == real_root or real.is_relative_to(real_root):
@@ -116,12 +126,12 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
                 skipped.append((path, f"{target} would lie outside {folder} (a link inside it leads away)"))
                 continue
             if source.is_symlink() or not source.is_file():
-                skipped.append((path, "gone" if not source.exists() else "not a regular file"))
+                skipped.append((path, GONE if not source.exists() else "not a regular file"))
                 continue
             try:
                 digest = sha256_file(source)
             except FileNotFoundError:  # another process moved it since we looked
-                skipped.append((path, "gone"))
+                skipped.append((path, GONE))
                 continue
             if expected and digest != expected:
                 skipped.append((path, "changed since it was indexed: run `lookalike index` first"))
@@ -178,32 +188,57 @@ def finish_interrupted(folder: Path) -> tuple[list[Moved], list[tuple[str, str]]
     return moved, skipped
 
 
-def undo(manifest: str | os.PathLike, *, dry_run: bool = False
-         ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
-    """Move every file of a manifest back, finishing an undo that was interrupted. Returns what came back,
-    (path, reason) for what could not, and the index the manifest was made for. What came back includes the
-    files an interrupted run of this undo had already put back (`Moved.earlier`) when they are still as they
-    were: a kill between moving them and writing the index left them out of it. A manifest is trusted only
-    for files inside its own folder: an entry whose quarantined copy lies elsewhere is refused. `dry_run`:
-    what would come back, with nothing touched."""
-    manifest = Path(manifest)
+def read_manifest(manifest: str | os.PathLike) -> dict:
+    """A quarantine manifest's contents, checked for the fields an undo uses; NotFound or BadInput."""
+    if not os.path.lexists(manifest):
+        raise NotFound(f"{manifest} does not exist: give the manifest-....json that --move-to wrote in the "
+                       "quarantine folder")
     try:
-        record = json.loads(manifest.read_text())
+        record = json.loads(Path(manifest).read_text())
         moves = record["moves"]
         if not isinstance(moves, list) or not all(isinstance(e, dict) and isinstance(e.get("from"), str)
                                                   and isinstance(e.get("to"), str)
                                                   and isinstance(e.get("sha256"), str) for e in moves):
             raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(record.get("index"), str | None):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise BadInput(f"{manifest} is not a lookalike quarantine manifest") from None
+    return record
+
+
+def undo(manifest: str | os.PathLike, *, dry_run: bool = False, into: Sequence[str] | None = None
+         ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
+    """Move every file of a manifest back, finishing an undo that was interrupted. Returns what came back,
+    (path, reason) for what could not, and the index the manifest was made for. What came back includes the
+    files an interrupted run of this undo had already put back (`Moved.earlier`) when they are still as they
+    were: a kill between moving them and writing the index left them out of it. A manifest is trusted only
+    for files inside its own folder: an entry whose quarantined copy lies elsewhere is refused. `into`: the
+    folders files may go back into (the indexed folders of the index they return to; the manifest alone, a
+    file anyone can write, never decides where a file is written); None, anywhere. `dry_run`: what would
+    come back, with nothing touched."""
+    manifest = Path(manifest)
+    read_manifest(manifest)  # a clear error before any lock is taken
+    with FileLock(manifest.parent / LOCK):  # one move or undo in a quarantine folder at a time
+        return _undo(manifest, dry_run, into)
+
+
+def _undo(manifest: Path, dry_run: bool, into: Sequence[str] | None
+          ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
+    record = read_manifest(manifest)  # again: a run that held the lock may have changed it
     restored: list[Moved] = []
     skipped: list[tuple[str, str]] = []
-    for entry in moves:
+    for entry in record["moves"]:
         source, target = Path(entry["from"]), Path(entry["to"])
         back = Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"))
         if not _inside(target, manifest.parent):
             skipped.append((entry["from"], f"the manifest puts it at {target}, outside {manifest.parent}: "
                                            "not a file this quarantine holds"))
+            continue
+        if into is not None and not any(_inside(source, Path(folder)) for folder in into):
+            skipped.append((entry["from"], f"outside the folders of the index it goes back into "
+                                           f"({', '.join(into) or 'none'}): left at {target}; move it by hand "
+                                           "if that is where it belongs"))
             continue
         if entry.get("restored"):
             if not dry_run and _unchanged(source, entry["sha256"]):

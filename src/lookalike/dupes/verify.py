@@ -44,6 +44,7 @@ THUMB = 320  # longer side of the grey thumbnail every check runs on
 FEATURES = 600  # ORB keypoints per picture
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PIXELS = 4.0  # reprojection error (thumbnail pixels) for an inlier
+RANSAC_SEED = 13
 GRID = 8  # cells per side for the cell-by-cell agreement
 FINE_SIGMA = 1.0  # the same check at a finer scale: where another shot's small shifts show
 SIGMA = 2.5  # Gaussian blur (thumbnail pixels) before gradients: what resizing and JPEG change is finer
@@ -87,6 +88,12 @@ MIN_FINE_CELLS = 0.6
 # A part of the scene that moved (people walking on, water, a branch) leaves the median still: the patch at the
 # 90th percentile then moves more than MAX_PART_SHIFT (dev: no edited original-copy pair lost, 6 copy-copy pairs;
 # one of the two synthetic re-shots that passed everything refused).
+# Sub-pixel shifts can only be measured as finely as the coarser picture holds detail: a copy resized to half (or
+# a small original) is brought up to THUMB pixels blurred, and phase correlation, which weighs every frequency
+# alike, then matches fine texture (fur, foliage) against blur and reports shifts that are noise. Where one picture,
+# brought into the other's frame, holds under MATCH_RESOLUTION of the other's pixels per unit of scene, both are
+# reduced to the coarser one's resolution first, and the shifts are measured (and judged) in its pixels.
+MATCH_RESOLUTION = 0.75
 SHIFT_CELL = 40  # pixels of a patch (of the THUMB-pixel thumbnails), patches overlapping by half
 PATCH_SPREAD = 8.0  # grey-level standard deviation from which a patch has detail to align
 MIN_PATCHES = 6  # patches needed to measure the local shifts at all
@@ -106,7 +113,7 @@ def cv2():
 @dataclass
 class Features:
     """What the checks need of one picture: its grey thumbnail, where it has detail, ORB keypoints and
-    descriptors, and the same for its mirror image."""
+    descriptors, the same for its mirror image, and how much real detail the thumbnail holds."""
 
     thumb: np.ndarray  # uint8 [h, w]
     detail: np.ndarray  # uint8 [h, w], 1 where the picture has detail (see `textured`)
@@ -114,6 +121,7 @@ class Features:
     descriptors: np.ndarray  # uint8 [n, 32]
     mirror_points: np.ndarray
     mirror_descriptors: np.ndarray
+    resolution: float = 1.0  # the picture's own pixels per thumbnail pixel, at most 1 (a 160-pixel picture: 0.5)
 
 
 @dataclass
@@ -174,7 +182,13 @@ def textured(thumb: np.ndarray) -> np.ndarray:
     return detail if detail.sum() >= 0.05 * detail.size else np.ones_like(detail)
 
 
-def features(thumb: np.ndarray) -> Features:
+def features_of(rgb: np.ndarray) -> Features:
+    """An RGB (or grey) uint8 array, as decoded -> its Features."""
+    return features(thumbnail(rgb), resolution=min(1.0, max(rgb.shape[:2]) / THUMB))
+
+
+def features(thumb: np.ndarray, resolution: float = 1.0) -> Features:
+    """Features of a thumbnail (see `thumbnail`); `resolution`: the picture's own pixels per thumbnail pixel."""
     cv = cv2()
     orb = cv.ORB_create(nfeatures=FEATURES, fastThreshold=10, edgeThreshold=15, patchSize=15)
 
@@ -186,7 +200,7 @@ def features(thumb: np.ndarray) -> Features:
 
     points, descriptors = detect(thumb)
     mirror_points, mirror_descriptors = detect(np.ascontiguousarray(thumb[:, ::-1]))
-    return Features(thumb, textured(thumb), points, descriptors, mirror_points, mirror_descriptors)
+    return Features(thumb, textured(thumb), points, descriptors, mirror_points, mirror_descriptors, resolution)
 
 
 def _matches(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -211,6 +225,9 @@ def _fit(a: Features, b_points: np.ndarray, b_descriptors: np.ndarray) -> Fit:
     if len(matched) < MIN_INLIERS:
         return None, len(matched), none, none
     source, target = a.points[matched[:, 0]], b_points[matched[:, 1]]
+    # RANSAC draws its samples from OpenCV's random generator (one per thread): seeded per pair, so that a pair
+    # gets the same verdict on every run, whatever was checked before it or on which thread.
+    cv.setRNGSeed(RANSAC_SEED)
     transform, inliers = cv.estimateAffinePartial2D(source, target, method=cv.RANSAC,
                                                     ransacReprojThreshold=RANSAC_PIXELS, maxIters=2000,
                                                     confidence=0.995, refineIters=10)
@@ -226,7 +243,7 @@ def compare(a: Features, b: Features) -> Evidence:
     if direct.same:
         return direct
     flipped = Features(np.ascontiguousarray(b.thumb[:, ::-1]), np.ascontiguousarray(b.detail[:, ::-1]),
-                       b.mirror_points, b.mirror_descriptors, b.points, b.descriptors)
+                       b.mirror_points, b.mirror_descriptors, b.points, b.descriptors, b.resolution)
     mirror = _check(a, flipped, _fit(a, b.mirror_points, b.mirror_descriptors), mirrored=True)
     return mirror if mirror.same or mirror.inliers > direct.inliers else direct
 
@@ -289,14 +306,21 @@ def _geometry(transform: np.ndarray, source: np.ndarray, target: np.ndarray, sha
 def _local_shift(a: Features, b: Features, transform: np.ndarray) -> tuple[float, float]:
     """a warped onto b; in overlapping SHIFT_CELL patches with detail in both, the sub-pixel shift that aligns
     them best (phase correlation); returns the median and the 90th percentile of the distances of those shifts
-    from their common (median) shift, in pixels: near zero for an edit, larger where parts of the scene moved
-    against each other ((0, 0) with fewer than MIN_PATCHES patches)."""
+    from their common (median) shift, in pixels (the coarser picture's, where one holds much less detail: see
+    MATCH_RESOLUTION): near zero for an edit, larger where parts of the scene moved against each other ((0, 0)
+    with fewer than MIN_PATCHES patches)."""
     cv = cv2()
     h, w = b.thumb.shape
     warped = cv.warpAffine(a.thumb.astype(np.float32), transform, (w, h), flags=cv.INTER_LINEAR)
     inside = cv.erode(cv.warpAffine(np.ones_like(a.thumb), transform, (w, h), flags=cv.INTER_NEAREST),
                       np.ones((5, 5), np.uint8))
     target = b.thumb.astype(np.float32)
+    factor = common_resolution(a, b, float(np.hypot(transform[0, 0], transform[1, 0])))
+    if factor < MATCH_RESOLUTION:
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        warped, target = (cv.resize(p, size, interpolation=cv.INTER_AREA) for p in (warped, target))
+        inside = cv.resize(inside, size, interpolation=cv.INTER_NEAREST)
+        h, w = target.shape
     window = cv.createHanningWindow((SHIFT_CELL, SHIFT_CELL), cv.CV_32F)
     shifts = []
     for y in range(0, h - SHIFT_CELL + 1, SHIFT_CELL // 2):
@@ -313,6 +337,13 @@ def _local_shift(a: Features, b: Features, transform: np.ndarray) -> tuple[float
     found = np.array(shifts)
     distances = np.hypot(*(found - np.median(found, axis=0)).T)
     return float(np.median(distances)), float(np.percentile(distances, 90))
+
+
+def common_resolution(a: Features, b: Features, scale: float) -> float:
+    """In b's frame (a brought there at `scale`, b's size over a's), the coarser picture's detail per pixel
+    over the finer one's: 1 when both hold the same, 0.5 when one is a half-size copy brought up to THUMB."""
+    own_a, own_b = min(1.0, a.resolution / max(scale, 1e-6)), min(1.0, b.resolution)
+    return min(own_a, own_b) / max(own_a, own_b, 1e-6)
 
 
 def _agreement(a: Features, b: Features, transform: np.ndarray, evidence: Evidence) -> None:
