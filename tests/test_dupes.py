@@ -1172,3 +1172,19 @@ def test_different_ducatis_on_black_are_not_one_photograph_but_a_real_dataset_du
         evidence = verify.compare(of(a), of(b))
         assert not evidence.same and "few matching points" in evidence.reason, (a, b, evidence)
     assert verify.compare(of("image_0428.jpg"), of("image_0429.jpg")).same
+
+
+def test_undo_shows_a_newline_in_the_quarantined_name_it_leaves_as_xnn(tmp_path, thumbnail_model):
+    """The bug: the reason of a file left in quarantine ("left at QUARANTINED") printed the quarantined name
+    raw, so a name holding a newline split the line in two (the file's own name was already shown as \\x0a)."""
+    index = indexed_copies(tmp_path, thumbnail_model, "a.jpg", "two\nlines.jpg")
+    folder = tmp_path / "q"
+    assert run_cli("dupes", str(index), "--move-to", str(folder), "-q").returncode == 0
+    (manifest,) = folder.glob("manifest-*.json")
+    record = json.loads(manifest.read_text())
+    record["moves"][0]["from"] = str(tmp_path / "elsewhere" / "x.jpg")  # outside the index's folders
+    manifest.write_text(json.dumps(record))
+    result = run_cli("dupes", "--undo", str(manifest))
+    assert result.returncode == 1 and "left at" in result.stdout, result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "not restored" in line]
+    assert "two\\x0alines.jpg" in line and "move it by hand" in line

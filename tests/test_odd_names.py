@@ -247,3 +247,15 @@ def test_a_name_holding_terminal_control_codes_is_shown_escaped_not_obeyed(tmp_p
     assert_clean(result)
     assert "\x1b[31m" not in result.stdout and "\x07" not in result.stdout  # (rich's own styles may be there)
     assert "esc\\x1b[31mred\\x07.jpg" in result.stdout
+
+
+def test_a_file_that_failed_to_index_is_named_escaped_not_obeyed(tmp_path, tiny_model):
+    """The bug: `lookalike index` listed a file that failed under its raw name (and the reason, which repeats
+    it), so ESC [31m in the name of a broken file reached the terminal."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    picture("disc", seed=1).save(root / "plain.jpg", quality=92)
+    (root / "bad\x1b[31mred.jpg").write_bytes(b"not a picture")
+    result = run_cli("index", str(root), "--index", str(tmp_path / "x.lookalike"), "--model", str(tiny_model), "-q")
+    assert_clean(result)
+    assert "\x1b" not in result.stdout and "bad\\x1b[31mred.jpg" in result.stdout, result.stdout

@@ -377,7 +377,7 @@ def index(
         f"{total} images in {index}, searched with {engine}"
     )
     for path, reason in summary.failures[:10]:
-        out.print(f"  failed: {path}: {reason}")
+        out.print(_about("  failed: ", path, reason))
     if len(summary.failures) > 10:
         out.print(f"  … and {len(summary.failures) - 10} more: see `lookalike info --index {index}`")
 
@@ -542,7 +542,7 @@ def info(
     out.print(f"  folders  {', '.join(facts['roots']) or '-'}")
     out.print(f"  on disk  {facts['size_bytes'] / 1e6:.1f} MB")
     for failure in facts["failures"][:failures]:
-        out.print(f"  failed   {_shorter(failure['path'])}: {failure['error']}")
+        out.print(_about("  failed   ", failure["path"], failure["error"]))
     if len(facts["failures"]) > failures:
         out.print(f"  … {len(facts['failures']) - failures} more (--failures N, or --json)")
 
@@ -610,7 +610,7 @@ def dupes(
             out.print(f"{sum(not m.earlier for m in restored)} files moved back from quarantine")
             _reindex_restored(restored, index_path)
         for path, reason in skipped:
-            out.print(Text(f"  not restored: {_shorter(path)}: {reason}"))
+            out.print(_about("  not restored: ", path, reason))
         if skipped:
             raise typer.Exit(1)
         return
@@ -680,7 +680,7 @@ def dupes(
             if member.path not in {m.source for m in moved}:  # an interrupted move's file, finished now
                 talk.print(Text(f"  not moved: {_shorter(member.path)}: {why_held(member)}"))
         for path, reason in skipped:
-            talk.print(Text(f"  not moved: {_shorter(path)}: {reason}"))
+            talk.print(_about("  not moved: ", path, reason))
 
 
 def _indexed_folders(index_path: str | None, named_by_manifest: bool) -> list[str]:
@@ -814,7 +814,7 @@ def train(
     for line in print_lines:
         out_console.print(line)
     for path, reason in report.skipped[:10]:
-        out_console.print(f"  skipped {path}: {reason}")
+        out_console.print(_about("  skipped ", path, reason))
 
 
 ModelsOption = Annotated[
@@ -1086,6 +1086,14 @@ def _shorter(path: str) -> str:
     return printable(shown, controls=True)
 
 
+def _about(label: str, path: str, reason: str) -> Text:
+    """One line saying what happened to a file: "LABELPATH: REASON", the path shortened (see `_shorter`) and
+    control characters in the reason (which often repeats a path) shown as \\xNN too."""
+    from lookalike.images import printable
+
+    return Text(f"{label}{_shorter(path)}: {printable(reason, controls=True)}")
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"lookalike {__version__}")
@@ -1172,6 +1180,9 @@ for _info in app.registered_commands:
 
 
 def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether Ctrl-C is behind this exception: a KeyboardInterrupt in its chain of causes and contexts (Typer's
+    exit 130; a compiled library's ImportError("initialization failed") raised from it; the "needs Y" error
+    raised in turn from that ImportError)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
@@ -1191,6 +1202,8 @@ def main() -> None:
     try:
         app(prog_name="lookalike")
     except LookalikeError as exc:
+        if _from_ctrl_c(exc):  # "X needs Y" because Ctrl-C stopped Y's import, not because Y is missing
+            _interrupted()
         _fail("error", str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()
@@ -1208,6 +1221,8 @@ def main() -> None:
             _fail("error", str(known), known.exit_code)
         _fail("error", f"SQLite: {exc}", 1)
     except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if _from_ctrl_c(exc):  # Ctrl-C inside a compiled library's import, which raised ImportError from it
+            _interrupted()
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
         if type(exc).__module__.startswith("pymilvus"):  # the server said no: its words, on one line
