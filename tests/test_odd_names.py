@@ -259,3 +259,18 @@ def test_a_file_that_failed_to_index_is_named_escaped_not_obeyed(tmp_path, tiny_
     result = run_cli("index", str(root), "--index", str(tmp_path / "x.lookalike"), "--model", str(tiny_model), "-q")
     assert_clean(result)
     assert "\x1b" not in result.stdout and "bad\\x1b[31mred.jpg" in result.stdout, result.stdout
+
+
+def test_a_name_holding_a_right_to_left_override_is_shown_escaped(tmp_path, tiny_model):
+    """The bug: U+202E (right-to-left override) in a name was printed raw, so "photo\\u202egpj.exe" showed as
+    "photoexe.jpg" in the terminal: bidirectional controls are shown as \\u202e, like other controls."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    name = "photo\u202egpj.exe"
+    picture("disc", seed=1).save(root / name, format="JPEG", quality=92)
+    picture("disc", seed=2).save(root / "plain.jpg", quality=92)
+    index = tmp_path / "rlo.lookalike"
+    assert run_cli("index", str(root), "--index", str(index), "--model", str(tiny_model), "-q").returncode == 0
+    result = run_cli("search", str(root / "plain.jpg"), "--index", str(index), "-k", "2", env=TERMINAL)
+    assert_clean(result)
+    assert "\u202e" not in result.stdout and "photo\\u202egpj.exe" in result.stdout, result.stdout

@@ -103,7 +103,7 @@ def printable(text: str, *, controls: bool = False) -> str:
     ESC [31m would otherwise restyle, or move the cursor of, the terminal it is printed on: only for a name
     alone, since the console's own output holds escape codes). For people only; the path itself stays as it is."""
     if controls:
-        text = CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+        text = CONTROL.sub(_escaped, text)
     try:
         text.encode("utf-8")
         return text
@@ -111,7 +111,14 @@ def printable(text: str, *, controls: bool = False) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and the bidirectional ones that reorder what follows (U+202E shows "photo\u202egpj.exe"
+# as "photoexe.jpg")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(found: re.Match) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def absolute(path: str | os.PathLike) -> Path:
