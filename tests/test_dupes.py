@@ -3,6 +3,7 @@ against the one kept, the keep rule, physical files reached twice, and safe move
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -1188,3 +1189,89 @@ def test_undo_shows_a_newline_in_the_quarantined_name_it_leaves_as_xnn(tmp_path,
     assert result.returncode == 1 and "left at" in result.stdout, result.stdout
     (line,) = [line for line in result.stdout.splitlines() if "not restored" in line]
     assert "two\\x0alines.jpg" in line and "move it by hand" in line
+
+
+def test_a_file_another_run_moves_between_the_check_and_the_move_is_gone_not_an_error(tmp_path, monkeypatch):
+    """The bug: two `--move-to` runs on one index into two quarantines; one moved a file after the other had
+    hashed it, and the other stopped with a raw "[Errno 2] No such file or directory", its manifest left
+    incomplete and the index still listing what it had moved."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        scene(3 if name == "a.jpg" else 4).save(root / name)
+    elsewhere = tmp_path / "other-quarantine"
+    elsewhere.mkdir()
+    hashed = quarantine.sha256_file
+
+    def hash_then_lose(path):
+        digest = hashed(path)
+        if Path(path).name == "a.jpg" and Path(path).parent == root:
+            os.rename(path, elsewhere / "a.jpg")  # the other run's move lands right after this hash
+        return digest
+
+    monkeypatch.setattr(quarantine, "sha256_file", hash_then_lose)
+    manifest, moved, skipped = quarantine.move([(str(root / n), None, None) for n in ("a.jpg", "b.jpg")],
+                                               tmp_path / "q", [str(root)])
+    assert [m.source for m in moved] == [str(root / "b.jpg")]
+    assert skipped == [(str(root / "a.jpg"), quarantine.GONE)]
+    record = json.loads(manifest.read_text())
+    assert record["complete"] and [e["from"] for e in record["moves"]] == [str(root / "b.jpg")]
+
+
+def test_undo_dry_run_says_which_files_the_undo_would_refuse(collection, thumbnail_model, tmp_path):
+    """The bug: --undo --dry-run listed "would move back" a file whose place another file had taken since,
+    which the real undo then refused ("something else is in its place now")."""
+    index = tmp_path / "u.lookalike"
+    index_with(thumbnail_model, collection, index)
+    manifest = move_exact(collection, index, tmp_path / "q")
+    first = json.loads(manifest.read_text())["moves"][0]["from"]
+    scene(77).save(first)  # another picture now where the moved file was
+    dry = run_cli("dupes", "--undo", str(manifest), "--dry-run")
+    real_count = len(json.loads(manifest.read_text())["moves"]) - 1
+    assert dry.returncode == 1, dry.stdout
+    assert f"{real_count} files would move back" in dry.stdout
+    assert "something else is in its place now" in dry.stdout
+    real = run_cli("dupes", "--undo", str(manifest))
+    assert f"{real_count} files moved back" in real.stdout and "something else is in its place now" in real.stdout
+
+
+def test_undo_puts_into_the_index_only_records_the_index_itself_wrote(collection, thumbnail_model, tmp_path):
+    """The bugs: a manifest's records went into the index as written. A record that was not a record, or whose
+    vector was not base64, stopped --undo with "internal error" after the files had moved back (and left them
+    out of the index); a vector of NaNs, or another picture's vector, went in and stayed (`lookalike index`
+    then saw the file as unchanged). Each record now carries a seal (HMAC) made with a key only the index holds:
+    a record it does not vouch for is left out, and its file is embedded again by the next `lookalike index`."""
+    index = tmp_path / "u.lookalike"
+    index_with(thumbnail_model, collection, index)
+    before = vectors_in(index)
+    assert run_cli("dupes", str(collection), "--index", str(index), "--move-to", str(tmp_path / "q"),
+                   "-q").returncode == 0
+    (manifest,) = (tmp_path / "q").glob("manifest-*.json")
+    record = json.loads(manifest.read_text())
+    moves = record["moves"]
+    assert len(moves) >= 4 and all(m["record"].get("seal") for m in moves)
+    nan = base64.b64encode(np.full(len(np.frombuffer(base64.b64decode(moves[0]["record"]["vector"]), "<f4")),
+                                   np.nan, "<f4").tobytes()).decode()
+    moves[0]["record"]["vector"] = nan  # poisoned, seal kept
+    moves[1]["record"]["vector"] = moves[2]["record"]["vector"]  # another picture's vector
+    moves[2]["record"]["vector"] = "!!!not base64"
+    moves[3]["record"] = "garbage"
+    manifest.write_text(json.dumps(record))
+    result = run_cli("dupes", "--undo", str(manifest))
+    assert "internal error" not in result.stderr and result.returncode == 0, result.stderr
+    assert f"{len(moves)} files moved back" in result.stdout
+    assert "4 restored files are not back in the index" in result.stderr and "lookalike index" in result.stderr
+    restored = vectors_in(index)
+    tampered = {m["from"] for m in moves[:4]}
+    assert not tampered & set(restored)  # left out: embedded again below, from their pixels
+    assert restored == {p: v for p, v in before.items() if p not in tampered}
+    again = run_cli("index", str(collection), "--index", str(index), "-q")
+    assert again.returncode == 0 and again.stdout.startswith("4 indexed"), again.stdout
+    assert vectors_in(index) == before
+
+
+def vectors_in(index) -> dict[str, bytes]:
+    """Every indexed file's vector, as bytes, by path (files without one left out)."""
+    with Index.open(index) as idx:
+        found = {p: idx.store.vector_of(p) for p, *_ in idx.details().values()}
+    return {p: v.tobytes() for p, v in found.items() if v is not None}

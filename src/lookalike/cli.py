@@ -668,7 +668,7 @@ def dupes(
                 talk.print(Text(f"would not move {_shorter(member.path)}: {why_held(member)}"))
             talk.print(f"{len(chosen)} files would move (dry run: nothing moved)")
             return
-        records = {r.path: quarantine.record_of(r) for r in idx.records_of(m.path for m in chosen)}
+        records = {r.path: quarantine.record_of(r, idx) for r in idx.records_of(m.path for m in chosen)}
         files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
         _, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
         idx.remove([m.source for m in moved])
@@ -709,11 +709,16 @@ def _reindex_restored(restored, index_path: str | None) -> None:
         return
     try:
         with Index.open(index_path) as idx:
-            records = [quarantine.file_record(m.source, m.record) for m in restored if m.record]
-            idx.restore(r for r in records if r.sha256 is not None)
+            records = [quarantine.file_record(m.source, m.record, m.sha256, idx) for m in restored]
+            idx.restore(r for r in records if r is not None)
     except (LookalikeError, OSError) as exc:
         err.print(Text(f"note: the index {index_path} was not updated ({exc}): run `lookalike index` to add "
                        "the restored files"))
+        return
+    if unvouched := records.count(None):
+        err.print(Text(f"note: {unvouched} restored files are not back in the index: their records in the manifest "
+                       "were changed, or not written by this index; run `lookalike index` on their folder to "
+                       "embed them again"))
 
 
 @app.command(rich_help_panel=SERVE)

@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +47,7 @@ DEFAULT_QE = NO_EXPANSION
 # Database-side augmentation of the shortlist is on by default: it helped both benchmarks (docs/BENCHMARKS.md,
 # holidays section); `dba=0` / `--dba 0` gives plain cosine order.
 DEFAULT_DBA = Augmentation()
+SEAL_KEY = "seal_key"  # the meta entry holding the key of `Index.seal` (hex)
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,23 @@ class Index:
         if fitting:
             self.store.write(fitting)
         return len(fitting)
+
+    def seal(self, payload: bytes) -> str:
+        """An HMAC-SHA256 (hex) of `payload` under a secret key that only this index holds (made on first use):
+        the index's signature on what it writes into a file that leaves it (a quarantine manifest's records),
+        so that `vouches` can later tell them from anything written or changed by someone else."""
+        return hmac.new(self._seal_key(), payload, hashlib.sha256).hexdigest()
+
+    def vouches(self, payload: bytes, seal: object) -> bool:
+        """Whether `seal` is this index's own `seal` of `payload` (compared in constant time)."""
+        return isinstance(seal, str) and hmac.compare_digest(self.seal(payload), seal)
+
+    def _seal_key(self) -> bytes:
+        key = self.store.meta(SEAL_KEY)
+        if key is None:
+            self.store.set_meta(SEAL_KEY, secrets.token_hex(32))
+            key = cast(str, self.store.meta(SEAL_KEY))  # a process that raced this one may have written its own
+        return bytes.fromhex(key)
 
     # -- reading -------------------------------------------------------------------------------
 

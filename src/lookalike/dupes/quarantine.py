@@ -82,22 +82,37 @@ def destination(path: str, folder: Path, roots: Sequence[str]) -> Path:
     return folder / Path(path).relative_to(Path(path).anchor)
 
 
-def record_of(record) -> dict:
-    """An index FileRecord as JSON (the vector base64 float32), so that undo can put it back."""
+def record_of(record, index) -> dict:
+    """An index FileRecord as JSON (the vector base64 float32), so that undo can put it back, sealed by `index`
+    (a lookalike Index: see `Index.seal`): a manifest is a file anyone can edit, and what goes back into the
+    index must be what the index wrote."""
     vector = None if record.vector is None else base64.b64encode(
         np.ascontiguousarray(record.vector, "<f4").tobytes()).decode()
-    return {"size": record.size, "mtime_ns": record.mtime_ns, "sha256": record.sha256, "width": record.width,
+    data = {"size": record.size, "mtime_ns": record.mtime_ns, "sha256": record.sha256, "width": record.width,
             "height": record.height, "vector": vector, "error": record.error}
+    return {**data, "seal": index.seal(_sealed(record.path, data))}
 
 
-def file_record(path: str, data: dict):
-    """The JSON of `record_of` back to a FileRecord for `path`, with the file's current size and mtime."""
+def file_record(path: str, data: object, sha256: str, index):
+    """The JSON of `record_of` back to a FileRecord for `path` (with the file's current size and mtime), or
+    None when `index` did not seal it for this path and these bytes (`sha256`): changed, written by someone
+    else or for another index, or not a record at all."""
     from lookalike.storage.sqlite import FileRecord
 
+    if not isinstance(data, dict) or data.get("sha256") != sha256:
+        return None
+    fields = {key: value for key, value in data.items() if key != "seal"}
+    if not index.vouches(_sealed(path, fields), data.get("seal")):
+        return None
     stat = os.stat(path)
     vector = None if not data.get("vector") else np.frombuffer(base64.b64decode(data["vector"]), "<f4").copy()
     return FileRecord(path, stat.st_size, stat.st_mtime_ns, data.get("sha256"), data.get("width", 0),
                       data.get("height", 0), vector, data.get("error") or "")
+
+
+def _sealed(path: str, data: dict) -> bytes:
+    """What a record's seal signs: the record and the path it belongs to, as canonical JSON."""
+    return json.dumps({"path": path, "record": data}, sort_keys=True, separators=(",", ":")).encode()
 
 
 def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.PathLike, roots: Sequence[str],
@@ -142,7 +157,15 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
             entry = {"from": path, "to": str(target), "sha256": digest, "done": False, "record": known}
             entries.append(entry)
             _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
-            transfer(source, target, digest)
+            try:
+                transfer(source, target, digest)
+            except FileNotFoundError:  # another run (into another quarantine) moved it since it was hashed
+                if source.exists():
+                    raise
+                entries.remove(entry)
+                _save(manifest, record)
+                skipped.append((path, GONE))
+                continue
             entry["done"] = True
             moved.append(Moved(path, str(target), digest, known, manifest=str(manifest)))
         record["complete"] = True
@@ -249,13 +272,13 @@ def _undo(manifest: Path, dry_run: bool, into: Sequence[str] | None
             if not dry_run:  # never moved (a kill before the move, or in the middle of copying it)
                 _partial(target).unlink(missing_ok=True)
             continue
+        outcome = resume(target, source, entry["sha256"], act=not dry_run)
         if dry_run:
-            if target.exists() or _partial(source).exists():
+            if outcome is None:
                 restored.append(back)
             else:
-                skipped.append((entry["from"], f"{target} is gone"))
+                skipped.append((entry["from"], outcome))
             continue
-        outcome = resume(target, source, entry["sha256"])
         if outcome is None:
             entry["restored"] = True
             restored.append(back)
@@ -275,9 +298,10 @@ def _unchanged(path: Path, sha256: str) -> bool:
         return False
 
 
-def resume(source: Path, target: Path, sha256: str) -> str | None:
+def resume(source: Path, target: Path, sha256: str, *, act: bool = True) -> str | None:
     """Bring one transfer source -> target to its end from whatever state a kill left. None when the file
-    is at `target` (and gone from `source`), else why it cannot be finished (nothing is then touched)."""
+    is at `target` (and gone from `source`), else why it cannot be finished (nothing is then touched).
+    `act=False`: the same answer, with nothing touched at all (a dry run)."""
     partial = _partial(target)
     if target.exists():
         if sha256_file(target) != sha256:
@@ -287,16 +311,20 @@ def resume(source: Path, target: Path, sha256: str) -> str | None:
         if source.exists():
             if sha256_file(source) != sha256:
                 return f"both {source} and {target} exist, and {source} changed"
-            source.unlink()  # the copy at target is complete and checked: the kill came before this
-        partial.unlink(missing_ok=True)
+            if act:
+                source.unlink()  # the copy at target is complete and checked: the kill came before this
+        if act:
+            partial.unlink(missing_ok=True)
         return None
     if not source.exists():
-        partial.unlink(missing_ok=True)
+        if act:
+            partial.unlink(missing_ok=True)
         return f"{source} is gone"
     if sha256_file(source) != sha256:
         return f"{source} changed since the manifest was written"
-    transfer(source, target, sha256)
-    partial.unlink(missing_ok=True)
+    if act:
+        transfer(source, target, sha256)
+        partial.unlink(missing_ok=True)
     return None
 
 
