@@ -962,7 +962,9 @@ def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(
     second = {str(m) for m in folder.glob("manifest-*.json")} - {str(killed)}
     result = run_cli("dupes", str(index), "--exact-only", "--move-to", str(folder), "-q")
     assert result.returncode == 0, result.stderr
-    assert "gone" not in result.stdout and "2 duplicates moved" in result.stdout, result.stdout
+    assert "gone" not in result.stdout, result.stdout
+    assert "2 duplicates moved to" in result.stdout and "(2 of them by a run that was stopped)" in result.stdout, \
+        result.stdout
     for manifest in second:
         assert f"--undo {manifest}" in result.stdout
     for manifest in folder.glob("manifest-*.json"):

@@ -670,10 +670,12 @@ def dupes(
             return
         records = {r.path: quarantine.record_of(r, idx) for r in idx.records_of(m.path for m in chosen)}
         files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
-        _, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
+        manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
         idx.remove([m.source for m in moved])
         manifests = sorted({m.manifest for m in moved})
+        earlier = sum(m.manifest != str(manifest) for m in moved)  # finished for a move that was stopped
         talk.print(Text(f"{len(moved)} duplicates moved to {move_to}"
+                        + (f" ({earlier} of them by a run that was stopped)" if earlier else "")
                         + "".join(f"; undo with `lookalike dupes --undo {m}`" for m in manifests[:1])
                         + "".join(f" and `lookalike dupes --undo {m}`" for m in manifests[1:])))
         for member in held:
