@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -85,14 +84,21 @@ def build(workdir: Path, split: str) -> tuple[Path, dict]:
 
 
 def run_dupes(index: Path) -> tuple[dict, float, float]:
-    """`lookalike dupes INDEX --json`: (its answer, seconds, peak RSS MB of the process)."""
+    """`lookalike dupes INDEX --json`: (its answer, seconds, peak RSS MB of that process alone: os.wait4's usage,
+    not RUSAGE_CHILDREN, whose maximum is that of the largest child so far, a `lookalike index` build included)."""
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, "-m", "lookalike", "dupes", str(index), "--json", "-q"],
-                            check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    return json.loads(result.stdout), seconds, peak
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([sys.executable, "-m", "lookalike", "dupes", str(index), "--json", "-q"],
+                                   stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, process.args, out.read(), err.read())
+        answer = json.loads(out.read())
+    return answer, seconds, usage.ru_maxrss / 1024
 
 
 def answer_of(index: Path, saved: Path, reuse: bool) -> dict:
