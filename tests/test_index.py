@@ -50,6 +50,23 @@ def test_similar_leaves_the_image_itself_out(index, photo_dir):
     assert {h.path.split("/")[-2] for h in hits[:2]} == {"noise"}
 
 
+def test_similar_leaves_out_every_other_path_to_the_same_file(index, photo_dir, tmp_path):
+    """The bug: `search --id A` returned A's own file at rank 1 (cosine 1) when the index also holds it through
+    a symbolic link or a hard link: one physical file, two indexed paths. An identical copy (other bytes on
+    disk) is another file and stays."""
+    query = photo_dir / "noise" / "noise1.png"
+    (photo_dir / "noise" / "link-to-noise1.png").symlink_to(query)
+    os.link(query, photo_dir / "noise" / "hard-noise1.png")
+    (photo_dir / "noise" / "copy-noise1.png").write_bytes(query.read_bytes())
+    index.add([photo_dir])
+    hits = index.similar(query, k=20)
+    paths = [h.path for h in hits]
+    assert not {str(query), str(photo_dir / "noise" / "link-to-noise1.png"),
+                str(photo_dir / "noise" / "hard-noise1.png")} & set(paths), paths
+    assert paths[0] == str(photo_dir / "noise" / "copy-noise1.png")
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1)) and len(hits) == 9
+
+
 def test_euclidean_ranks_like_cosine(index, photo_dir):
     index.add([photo_dir])
     query = photo_dir / "disc" / "disc2.jpg"

@@ -47,6 +47,8 @@ DEFAULT_QE = NO_EXPANSION
 # Database-side augmentation of the shortlist is on by default: it helped both benchmarks (docs/BENCHMARKS.md,
 # holidays section); `dba=0` / `--dba 0` gives plain cosine order.
 DEFAULT_DBA = Augmentation()
+# `similar` asks for this many results more than wanted, for other indexed paths to the query's own file
+SAME_FILE_SLACK = 4
 SEAL_KEY = "seal_key"  # the meta entry holding the key of `Index.seal` (hex)
 
 
@@ -140,6 +142,15 @@ def rebuild_hint(path: str, stored: ModelSpec, current: ModelSpec, roots: list[s
     new = shlex.quote(str(Path(path).with_name(Path(path).stem + f"-v{current.version}{Path(path).suffix}")))
     return (f"{path} holds {stored.name} {stored.describe()} vectors; {current.name} is now {current.describe()}: "
             f"rebuild with `lookalike index {folders} --index {new}` (or use this index without --model)")
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file a path leads to (links followed), or None when it cannot be reached."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 class Results(list):
@@ -510,12 +521,16 @@ class Index:
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
                 ann: str | None = None, qe: int | QueryExpansion | None = None,
                 dba: int | Augmentation | None = None) -> Results:
-        """The k images closest to an already indexed image, itself left out."""
+        """The k images closest to an already indexed image, itself left out: under this path and under any
+        other indexed path to the same file on disk (a symbolic or hard link; an identical copy stays)."""
         key = str(images.absolute(path))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
-        return self.search(vector, k, metric=metric, exclude=key, ann=ann, qe=qe, dba=dba)
+        found = self.search(vector, k + SAME_FILE_SLACK, metric=metric, exclude=key, ann=ann, qe=qe, dba=dba)
+        itself = _file_identity(key)
+        others = [hit for hit in found if itself is None or _file_identity(hit.path) != itself][:k]
+        return Results([replace(hit, rank=rank) for rank, hit in enumerate(others, 1)], found.engine, found.seconds)
 
     def image_path(self, file_id: int) -> str | None:
         """The path of the image with this id, if it was indexed successfully (a failed file has none)."""
