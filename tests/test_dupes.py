@@ -923,6 +923,14 @@ def test_an_undo_killed_before_the_index_was_written_is_finished_by_running_it_a
     assert indexed_paths(index) == before
 
 
+def sealer(index):
+    """The seal of `index` (Index.seal), as `lookalike dupes --move-to` signs a manifest's entries with it."""
+    def seal(payload: bytes) -> str:
+        with Index.open(index) as idx:
+            return idx.seal(payload)
+    return seal
+
+
 def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(collection, thumbnail_model,
                                                                                  tmp_path, monkeypatch):
     """The bugs: the rerun after a killed move printed only its own manifest to undo (the finished one's files
@@ -948,7 +956,7 @@ def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(
 
     monkeypatch.setattr(quarantine, "transfer", killed_on_the_second)
     with pytest.raises(SystemExit):
-        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index))
+        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index), seal=sealer(index))
     killed = next(folder.glob("manifest-*.json"))
     undone = run_cli("dupes", "--undo", str(killed))  # undo the killed move straight away
     assert undone.returncode == 0 and "1 files moved back" in undone.stdout, undone.stdout
@@ -957,7 +965,7 @@ def test_a_move_killed_half_way_is_finished_and_undone_by_what_its_summary_says(
     with pytest.raises(SystemExit):
         monkeypatch.setattr(quarantine, "transfer", killed_on_the_second)
         calls.clear()
-        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index))
+        quarantine.move([(p, None, None) for p in paths], folder, [str(collection)], str(index), seal=sealer(index))
     monkeypatch.setattr(quarantine, "transfer", real_transfer)
     second = {str(m) for m in folder.glob("manifest-*.json")} - {str(killed)}
     result = run_cli("dupes", str(index), "--exact-only", "--move-to", str(folder), "-q")
@@ -1015,20 +1023,24 @@ def test_undo_writes_files_only_into_the_folders_of_the_index_they_go_back_into(
     manifest = move_exact(collection, index, quarantine_folder)
     record = json.loads(manifest.read_text())
     planted = tmp_path / "home" / ".ssh" / "authorized_keys"
+    original = record["moves"][0]["from"]
     record["moves"][0]["from"] = str(planted)
     manifest.write_text(json.dumps(record))
     result = run_cli("dupes", "--undo", str(manifest))
-    assert result.returncode == 1 and "outside the folders of the index it goes back into" in result.stdout
+    assert result.returncode == 1 and "was not written by the index it goes back into" in result.stdout
     assert not planted.exists() and Path(record["moves"][0]["to"]).exists()  # left in quarantine
     assert "1 files moved back" in result.stdout  # the other one went home
+    # the index's seal refuses the changed entry first; without one (a library caller), the folders still do
+    _, skipped, _ = quarantine.undo(manifest, dry_run=True, into=[str(collection)])
+    assert len(skipped) == 1 and "outside the folders of the index it goes back into" in skipped[0][1]
     record["index"] = str(tmp_path / "no-such.lookalike")  # an index that cannot be opened vouches for nothing
-    record["moves"][0]["from"] = str(collection / "p9.jpg")
+    record["moves"][0]["from"] = original
     manifest.write_text(json.dumps(record))
     result = run_cli("dupes", "--undo", str(manifest))
     assert result.returncode == 2 and "the index this manifest names cannot be opened" in result.stderr
-    assert "give --index INDEX" in result.stderr and not (collection / "p9.jpg").exists()
+    assert "give --index INDEX" in result.stderr and not Path(original).exists()
     result = run_cli("dupes", "--undo", str(manifest), "--index", str(index))  # naming the index it belongs to
-    assert result.returncode == 0 and (collection / "p9.jpg").exists(), result.stdout
+    assert result.returncode == 0 and Path(original).exists(), result.stdout
 
 
 def test_a_move_never_follows_a_link_inside_the_quarantine_out_of_it(tmp_path):
@@ -1190,7 +1202,7 @@ def test_undo_shows_a_newline_in_the_quarantined_name_it_leaves_as_xnn(tmp_path,
     result = run_cli("dupes", "--undo", str(manifest))
     assert result.returncode == 1 and "left at" in result.stdout, result.stdout
     (line,) = [line for line in result.stdout.splitlines() if "not restored" in line]
-    assert "two\\x0alines.jpg" in line and "move it by hand" in line
+    assert "two\\x0alines.jpg" in line and "left at" in line
 
 
 def test_a_file_another_run_moves_between_the_check_and_the_move_is_gone_not_an_error(tmp_path, monkeypatch):
@@ -1237,12 +1249,12 @@ def test_undo_dry_run_says_which_files_the_undo_would_refuse(collection, thumbna
     assert f"{real_count} files moved back" in real.stdout and "something else is in its place now" in real.stdout
 
 
-def test_undo_puts_into_the_index_only_records_the_index_itself_wrote(collection, thumbnail_model, tmp_path):
-    """The bugs: a manifest's records went into the index as written. A record that was not a record, or whose
-    vector was not base64, stopped --undo with "internal error" after the files had moved back (and left them
-    out of the index); a vector of NaNs, or another picture's vector, went in and stayed (`lookalike index`
-    then saw the file as unchanged). Each record now carries a seal (HMAC) made with a key only the index holds:
-    a record it does not vouch for is left out, and its file is embedded again by the next `lookalike index`."""
+def test_undo_acts_only_on_entries_the_index_itself_sealed(collection, thumbnail_model, tmp_path):
+    """The bugs: a manifest's entries were trusted as written. A record that was not a record, or whose vector
+    was not base64, stopped --undo with "internal error" after the files had moved back (and left them out of
+    the index); a vector of NaNs, or another picture's vector, went into the index and stayed; a manifest
+    written anywhere moved any file of its folder into the photos. Each entry now carries a seal (HMAC) made
+    with a key only the index holds: an entry it does not vouch for is not acted on, its file left where it is."""
     index = tmp_path / "u.lookalike"
     index_with(thumbnail_model, collection, index)
     before = vectors_in(index)
@@ -1251,7 +1263,7 @@ def test_undo_puts_into_the_index_only_records_the_index_itself_wrote(collection
     (manifest,) = (tmp_path / "q").glob("manifest-*.json")
     record = json.loads(manifest.read_text())
     moves = record["moves"]
-    assert len(moves) >= 4 and all(m["record"].get("seal") for m in moves)
+    assert len(moves) >= 4 and all(m.get("seal") for m in moves)
     nan = base64.b64encode(np.full(len(np.frombuffer(base64.b64decode(moves[0]["record"]["vector"]), "<f4")),
                                    np.nan, "<f4").tobytes()).decode()
     moves[0]["record"]["vector"] = nan  # poisoned, seal kept
@@ -1259,17 +1271,29 @@ def test_undo_puts_into_the_index_only_records_the_index_itself_wrote(collection
     moves[2]["record"]["vector"] = "!!!not base64"
     moves[3]["record"] = "garbage"
     manifest.write_text(json.dumps(record))
+    dry = run_cli("dupes", "--undo", str(manifest), "--dry-run")
     result = run_cli("dupes", "--undo", str(manifest))
-    assert "internal error" not in result.stderr and result.returncode == 0, result.stderr
-    assert f"{len(moves)} files moved back" in result.stdout
-    assert "4 restored files are not back in the index" in result.stderr and "lookalike index" in result.stderr
-    restored = vectors_in(index)
+    for run in (dry, result):
+        assert "internal error" not in run.stderr and run.returncode == 1, run.stderr
+        assert run.stdout.count("was not written by the index it goes back into") == 4, run.stdout
+    assert f"{len(moves) - 4} files would move back" in dry.stdout
+    assert f"{len(moves) - 4} files moved back" in result.stdout and "note:" not in result.stderr
+    assert all(Path(m["to"]).exists() and not Path(m["from"]).exists() for m in moves[:4])  # left in quarantine
     tampered = {m["from"] for m in moves[:4]}
-    assert not tampered & set(restored)  # left out: embedded again below, from their pixels
-    assert restored == {p: v for p, v in before.items() if p not in tampered}
-    again = run_cli("index", str(collection), "--index", str(index), "-q")
-    assert again.returncode == 0 and again.stdout.startswith("4 indexed"), again.stdout
-    assert vectors_in(index) == before
+    assert vectors_in(index) == {p: v for p, v in before.items() if p not in tampered}
+
+
+def test_a_record_that_cannot_be_read_back_is_no_record(tmp_path):
+    """Without a seal to check (a library caller), a record is still read with care: garbage is no record."""
+    photo = tmp_path / "a.jpg"
+    scene(1).save(photo)
+    digest = sha256_file(photo)
+    good = {"sha256": digest, "width": 4, "height": 3,
+            "vector": base64.b64encode(np.ones(8, "<f4").tobytes()).decode()}
+    assert quarantine.file_record(str(photo), good, digest).vector.shape == (8,)
+    for bad in ("garbage", {**good, "vector": "!!!"}, {**good, "width": "wide"}, {**good, "sha256": "other"},
+                {**good, "vector": base64.b64encode(np.full(8, np.nan, "<f4").tobytes()).decode()}):
+        assert quarantine.file_record(str(photo), bad, digest) is None, bad
 
 
 def vectors_in(index) -> dict[str, bytes]:
@@ -1277,3 +1301,41 @@ def vectors_in(index) -> dict[str, bytes]:
     with Index.open(index) as idx:
         found = {p: idx.store.vector_of(p) for p, *_ in idx.details().values()}
     return {p: v.tobytes() for p, v in found.items() if v is not None}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "deep", "nul", "twice"])
+def test_a_manifest_that_is_no_manifest_is_refused_in_one_line_without_waiting(tmp_path, kind):
+    """The bugs: --undo on a FIFO or /dev/zero waited for ever; a manifest nested 100,000 deep, or holding a NUL
+    in a path, stopped with "internal error"; one naming a file twice made --dry-run promise what the undo did not
+    do."""
+    manifest = tmp_path / "manifest-1.json"
+    entry = {"from": str(tmp_path / "a.jpg"), "to": str(tmp_path / "q" / "a.jpg"), "sha256": "0" * 64}
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "device":
+        manifest = Path("/dev/zero")
+    elif kind == "deep":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "nul":
+        manifest.write_text(json.dumps({"moves": [{**entry, "from": str(tmp_path / "a\0b.jpg")}]}))
+    else:
+        manifest.write_text(json.dumps({"moves": [entry, {**entry, "to": str(tmp_path / "q" / "b.jpg")}]}))
+    result = run_cli("dupes", "--undo", str(manifest), "--dry-run", "--index", str(tmp_path / "x"), timeout=60)
+    assert result.returncode == 6 and "Traceback" not in result.stderr, result.stderr
+    assert "not a lookalike quarantine manifest" in result.stderr or "names one file twice" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_entry_whose_path_the_system_refuses_is_skipped_and_the_rest_go_back(tmp_path):
+    """The bug: one path too long for the filesystem ([Errno 36]) stopped the whole undo with a raw error."""
+    folder = tmp_path / "q"
+    (folder / "p").mkdir(parents=True)
+    scene(1).save(folder / "p" / "a.jpg")
+    entries = [{"from": str(tmp_path / "p" / ("x" * 5000 + ".jpg")), "to": str(folder / "p" / "gone.jpg"),
+                "sha256": "0" * 64, "done": True},
+               {"from": str(tmp_path / "p" / "a.jpg"), "to": str(folder / "p" / "a.jpg"),
+                "sha256": sha256_file(folder / "p" / "a.jpg"), "done": True}]
+    (folder / "manifest-1.json").write_text(json.dumps({"moves": entries}))
+    restored, skipped, _ = quarantine.undo(folder / "manifest-1.json")
+    assert [m.source for m in restored] == [entries[1]["from"]] and (tmp_path / "p" / "a.jpg").exists()
+    assert len(skipped) == 1 and "too long" in skipped[0][1].lower()

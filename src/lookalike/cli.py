@@ -599,16 +599,17 @@ def dupes(
     if undo is not None:
         if target is not None or move_to is not None:
             raise UsageError("--undo MANIFEST takes no folder and no --move-to: it puts back what the manifest moved")
-        index_path = str(index) if index is not None else quarantine.read_manifest(undo).get("index")
-        restored, skipped, _ = quarantine.undo(undo, dry_run=dry_run,
-                                               into=_indexed_folders(index_path, named_by_manifest=index is None))
+        named = quarantine.read_manifest(undo).get("index")  # a bad manifest is said first, whatever --index is
+        index_path = str(index) if index is not None else named
+        with _index_to_undo_into(index_path, named_by_manifest=index is None) as home:
+            restored, skipped, _ = quarantine.undo(undo, dry_run=dry_run, into=home.roots(), vouches=home.vouches)
         if dry_run:
             for back in restored:
                 out.print(Text(f"would move back {_shorter(back.target)} -> {_shorter(back.source)}"))
             out.print(f"{len(restored)} files would move back (dry run: nothing moved)")
         else:
+            _reindex_restored(restored, index_path)  # before saying so: "moved back" means back in the index too
             out.print(f"{sum(not m.earlier for m in restored)} files moved back from quarantine")
-            _reindex_restored(restored, index_path)
         for path, reason in skipped:
             out.print(_about("  not restored: ", path, reason))
         if skipped:
@@ -668,9 +669,9 @@ def dupes(
                 talk.print(Text(f"would not move {_shorter(member.path)}: {why_held(member)}"))
             talk.print(f"{len(chosen)} files would move (dry run: nothing moved)")
             return
-        records = {r.path: quarantine.record_of(r, idx) for r in idx.records_of(m.path for m in chosen)}
+        records = {r.path: quarantine.record_of(r) for r in idx.records_of(m.path for m in chosen)}
         files = [(m.path, m.sha256, records.get(m.path)) for m in chosen]
-        manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path))
+        manifest, moved, skipped = quarantine.move(files, move_to, roots, str(idx.path), seal=idx.seal)
         idx.remove([m.source for m in moved])
         manifests = sorted({m.manifest for m in moved})
         earlier = sum(m.manifest != str(manifest) for m in moved)  # finished for a move that was stopped
@@ -685,15 +686,15 @@ def dupes(
             talk.print(_about("  not moved: ", path, reason))
 
 
-def _indexed_folders(index_path: str | None, named_by_manifest: bool) -> list[str]:
-    """The folders an index covers, where an undo may put files back; UsageError when there is none to ask."""
+def _index_to_undo_into(index_path: str | None, named_by_manifest: bool):
+    """The index an undo puts files back into, open: it says where files may go (its folders) and which
+    entries of the manifest it wrote (its seals); UsageError when there is none to ask."""
     from lookalike.index import Index
 
     if not index_path:
         raise UsageError("this manifest names no index: give --index INDEX, the index its files go back into")
     try:
-        with Index.open(index_path) as idx:
-            return idx.roots()
+        return Index.open(index_path)
     except (LookalikeError, OSError) as exc:
         if not named_by_manifest:
             raise
@@ -711,16 +712,15 @@ def _reindex_restored(restored, index_path: str | None) -> None:
         return
     try:
         with Index.open(index_path) as idx:
-            records = [quarantine.file_record(m.source, m.record, m.sha256, idx) for m in restored]
+            records = [quarantine.file_record(m.source, m.record, m.sha256) for m in restored]
             idx.restore(r for r in records if r is not None)
     except (LookalikeError, OSError) as exc:
         err.print(Text(f"note: the index {index_path} was not updated ({exc}): run `lookalike index` to add "
                        "the restored files"))
         return
     if unvouched := records.count(None):
-        err.print(Text(f"note: {unvouched} restored files are not back in the index: their records in the manifest "
-                       "were changed, or not written by this index; run `lookalike index` on their folder to "
-                       "embed them again"))
+        err.print(Text(f"note: {unvouched} restored files are not back in the index (the manifest holds no "
+                       "usable record of them): run `lookalike index` on their folder to embed them again"))
 
 
 @app.command(rich_help_panel=SERVE)

@@ -18,13 +18,15 @@ be skipped by indexing for good, and one holding an indexed folder could put a f
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,44 +84,48 @@ def destination(path: str, folder: Path, roots: Sequence[str]) -> Path:
     return folder / Path(path).relative_to(Path(path).anchor)
 
 
-def record_of(record, index) -> dict:
-    """An index FileRecord as JSON (the vector base64 float32), so that undo can put it back, sealed by `index`
-    (a lookalike Index: see `Index.seal`): a manifest is a file anyone can edit, and what goes back into the
-    index must be what the index wrote."""
+def record_of(record) -> dict:
+    """An index FileRecord as JSON (the vector base64 float32), so that undo can put it back."""
     vector = None if record.vector is None else base64.b64encode(
         np.ascontiguousarray(record.vector, "<f4").tobytes()).decode()
-    data = {"size": record.size, "mtime_ns": record.mtime_ns, "sha256": record.sha256, "width": record.width,
+    return {"size": record.size, "mtime_ns": record.mtime_ns, "sha256": record.sha256, "width": record.width,
             "height": record.height, "vector": vector, "error": record.error}
-    return {**data, "seal": index.seal(_sealed(record.path, data))}
 
 
-def file_record(path: str, data: object, sha256: str, index):
+def file_record(path: str, data: object, sha256: str):
     """The JSON of `record_of` back to a FileRecord for `path` (with the file's current size and mtime), or
-    None when `index` did not seal it for this path and these bytes (`sha256`): changed, written by someone
-    else or for another index, or not a record at all."""
+    None when it is not one for these bytes (`sha256`) or its vector is not finite numbers."""
     from lookalike.storage.sqlite import FileRecord
 
     if not isinstance(data, dict) or data.get("sha256") != sha256:
         return None
-    fields = {key: value for key, value in data.items() if key != "seal"}
-    if not index.vouches(_sealed(path, fields), data.get("seal")):
+    try:
+        vector = None if not data.get("vector") else np.frombuffer(base64.b64decode(data["vector"], validate=True),
+                                                                    "<f4").copy()
+        width, height, error = int(data.get("width", 0)), int(data.get("height", 0)), str(data.get("error") or "")
+    except (TypeError, ValueError, binascii.Error):
         return None
-    stat = os.stat(path)
-    vector = None if not data.get("vector") else np.frombuffer(base64.b64decode(data["vector"]), "<f4").copy()
-    return FileRecord(path, stat.st_size, stat.st_mtime_ns, data.get("sha256"), data.get("width", 0),
-                      data.get("height", 0), vector, data.get("error") or "")
+    if vector is not None and not (len(vector) and np.isfinite(vector).all()):
+        return None
+    found = os.stat(path)
+    return FileRecord(path, found.st_size, found.st_mtime_ns, sha256, width, height, vector, error)
 
 
-def _sealed(path: str, data: dict) -> bytes:
-    """What a record's seal signs: the record and the path it belongs to, as canonical JSON."""
-    return json.dumps({"path": path, "record": data}, sort_keys=True, separators=(",", ":")).encode()
+def sealed_part(entry: dict) -> bytes:
+    """What the seal of a manifest's entry signs (see `move`): where the file was and went, its bytes, and the
+    index's record of it, as canonical JSON."""
+    return json.dumps({key: entry.get(key) for key in ("from", "to", "sha256", "record")}, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.PathLike, roots: Sequence[str],
-         index_path: str | None = None) -> tuple[Path, list[Moved], list[tuple[str, str]]]:
+         index_path: str | None = None, seal: Callable[[bytes], str] | None = None
+         ) -> tuple[Path, list[Moved], list[tuple[str, str]]]:
     """Move these (path, expected sha256, index record) files into `folder`, after finishing any move there
     that was interrupted. Returns the manifest's path, what moved (the interrupted ones finished now
-    included), and (path, reason) for what did not (changed since indexing, gone, its place taken)."""
+    included), and (path, reason) for what did not (changed since indexing, gone, its place taken). `seal`
+    (the index's `Index.seal`) signs each entry of the manifest: an undo then acts only on entries the index
+    vouches for, since a manifest is a file anyone who can write the folder can change."""
     folder = check_folder(folder, roots)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / QUARANTINE_MARKER).write_text("lookalike quarantine: indexing skips this folder\n")
@@ -155,6 +161,8 @@ def move(files: Sequence[tuple[str, str | None, dict | None]], folder: str | os.
                 skipped.append((path, f"{target} exists already"))
                 continue
             entry = {"from": path, "to": str(target), "sha256": digest, "done": False, "record": known}
+            if seal is not None:
+                entry["seal"] = seal(sealed_part(entry))
             entries.append(entry)
             _save(manifest, record)  # written before the move: an interrupted run can be finished or undone
             try:
@@ -216,6 +224,8 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
     if not os.path.lexists(manifest):
         raise NotFound(f"{manifest} does not exist: give the manifest-....json that --move-to wrote in the "
                        "quarantine folder")
+    if not stat.S_ISREG(os.stat(manifest).st_mode):  # a FIFO or /dev/zero would be read for ever
+        raise BadInput(f"{manifest} is not a lookalike quarantine manifest (not a regular file)")
     try:
         record = json.loads(Path(manifest).read_text())
         moves = record["moves"]
@@ -225,70 +235,87 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
             raise TypeError
         if not isinstance(record.get("index"), str | None):
             raise TypeError
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if any("\0" in e["from"] or "\0" in e["to"] for e in moves):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise BadInput(f"{manifest} is not a lookalike quarantine manifest") from None
+    for side in ("from", "to"):
+        if len({e[side] for e in moves}) < len(moves):
+            raise BadInput(f"{manifest} names one file twice ({side!r}): not a manifest lookalike wrote")
     return record
 
 
-def undo(manifest: str | os.PathLike, *, dry_run: bool = False, into: Sequence[str] | None = None
-         ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
+Vouches = Callable[[bytes, object], bool]  # Index.vouches: (sealed bytes, seal) -> whether the index wrote them
+
+
+def undo(manifest: str | os.PathLike, *, dry_run: bool = False, into: Sequence[str] | None = None,
+         vouches: Vouches | None = None) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
     """Move every file of a manifest back, finishing an undo that was interrupted. Returns what came back,
     (path, reason) for what could not, and the index the manifest was made for. What came back includes the
     files an interrupted run of this undo had already put back (`Moved.earlier`) when they are still as they
     were: a kill between moving them and writing the index left them out of it. A manifest is trusted only
     for files inside its own folder: an entry whose quarantined copy lies elsewhere is refused. `into`: the
     folders files may go back into (the indexed folders of the index they return to; the manifest alone, a
-    file anyone can write, never decides where a file is written); None, anywhere. `dry_run`: what would
-    come back, with nothing touched."""
+    file anyone can write, never decides where a file is written); None, anywhere. `vouches` (the index's
+    `Index.vouches`): only entries it sealed are acted on; None, every entry. `dry_run`: what would come back,
+    with nothing touched."""
     manifest = Path(manifest)
     read_manifest(manifest)  # a clear error before any lock is taken
     with FileLock(manifest.parent / LOCK):  # one move or undo in a quarantine folder at a time
-        return _undo(manifest, dry_run, into)
+        return _undo(manifest, dry_run, into, vouches)
 
 
-def _undo(manifest: Path, dry_run: bool, into: Sequence[str] | None
+def _undo(manifest: Path, dry_run: bool, into: Sequence[str] | None, vouches: Vouches | None
           ) -> tuple[list[Moved], list[tuple[str, str]], str | None]:
     record = read_manifest(manifest)  # again: a run that held the lock may have changed it
     restored: list[Moved] = []
     skipped: list[tuple[str, str]] = []
     for entry in record["moves"]:
-        source, target = Path(entry["from"]), Path(entry["to"])
-        back = Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"))
-        if not _inside(target, manifest.parent):
-            skipped.append((entry["from"], f"the manifest puts it at {target}, outside {manifest.parent}: "
-                                           "not a file this quarantine holds"))
-            continue
-        if into is not None and not any(_inside(source, Path(folder)) for folder in into):
-            skipped.append((entry["from"], f"outside the folders of the index it goes back into "
-                                           f"({', '.join(into) or 'none'}): left at {target}; move it by hand "
-                                           "if that is where it belongs"))
-            continue
-        if entry.get("restored"):
-            if not dry_run and _unchanged(source, entry["sha256"]):
-                back.earlier = True
-                restored.append(back)
-            continue
-        if not entry.get("done") and not target.exists() and _unchanged(source, entry["sha256"]):
-            if not dry_run:  # never moved (a kill before the move, or in the middle of copying it)
-                _partial(target).unlink(missing_ok=True)
-            continue
-        outcome = resume(target, source, entry["sha256"], act=not dry_run)
-        if dry_run:
-            if outcome is None:
-                restored.append(back)
-            else:
-                skipped.append((entry["from"], outcome))
-            continue
-        if outcome is None:
-            entry["restored"] = True
-            restored.append(back)
-            _save(manifest, record)
-        else:
+        try:
+            outcome = _undo_one(entry, manifest, record, dry_run, into, vouches)
+        except OSError as exc:  # this entry's paths (too long, unreadable): the others go on
+            outcome = f"{exc.strerror or exc}"
+        if isinstance(outcome, Moved):
+            restored.append(outcome)
+        elif outcome:
             skipped.append((entry["from"], outcome))
     if not dry_run:
         record["undone_at"] = time.time()
         _save(manifest, record)
     return restored, skipped, record.get("index")
+
+
+def _undo_one(entry: dict, manifest: Path, record: dict, dry_run: bool, into: Sequence[str] | None,
+              vouches: Vouches | None) -> Moved | str | None:
+    """One entry of `_undo`: the file back (Moved), why not (str), or None for an entry with nothing to do."""
+    source, target = Path(entry["from"]), Path(entry["to"])
+    back = Moved(entry["from"], entry["to"], entry["sha256"], entry.get("record"))
+    if target.is_symlink():
+        return f"{target} is a symbolic link, not a file this quarantine holds"
+    if not _inside(target, manifest.parent):
+        return f"the manifest puts it at {target}, outside {manifest.parent}: not a file this quarantine holds"
+    if vouches is not None and not vouches(sealed_part(entry), entry.get("seal")):
+        return (f"this entry of the manifest was not written by the index it goes back into (changed, or made for "
+                f"another index): left at {target}")
+    if into is not None and not any(_inside(source, Path(folder)) for folder in into):
+        return (f"outside the folders of the index it goes back into ({', '.join(into) or 'none'}): left at "
+                f"{target}; move it by hand if that is where it belongs")
+    if entry.get("restored"):
+        if not dry_run and _unchanged(source, entry["sha256"]):
+            back.earlier = True
+            return back
+        return None
+    if not entry.get("done") and not target.exists() and _unchanged(source, entry["sha256"]):
+        if not dry_run:  # never moved (a kill before the move, or in the middle of copying it)
+            _partial(target).unlink(missing_ok=True)
+        return None
+    outcome = resume(target, source, entry["sha256"], act=not dry_run)
+    if outcome is not None:
+        return outcome
+    if not dry_run:
+        entry["restored"] = True
+        _save(manifest, record)
+    return back
 
 
 def _unchanged(path: Path, sha256: str) -> bool:
