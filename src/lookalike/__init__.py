@@ -7,9 +7,9 @@ during that second would end in a traceback.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from importlib import import_module  # loaded with Python itself: free
 
+TYPE_CHECKING = False  # not typing's: importing typing alone took long enough for Ctrl-C to land in it
 if TYPE_CHECKING:
     from lookalike.errors import LookalikeError
     from lookalike.index import Hit, Index
@@ -22,7 +22,7 @@ _HOMES = {"Embedder": "lookalike.models.embedder", "Hit": "lookalike.index", "In
           "LookalikeError": "lookalike.errors", "Summary": "lookalike.pipeline"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _HOMES:
         return getattr(import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
