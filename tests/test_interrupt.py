@@ -41,7 +41,7 @@ def run_interrupted(tmp_path, module: str, action: str, *args: str, launcher: st
 
 
 @pytest.mark.parametrize("launcher", ["-m", "script"])
-@pytest.mark.parametrize("module", ["numpy", "lookalike.index", "typer"])
+@pytest.mark.parametrize("module", ["typing", "numpy", "lookalike.index", "typer"])
 def test_ctrl_c_while_lookalike_is_imported_says_so_in_one_line(tmp_path, module, launcher):
     """The bug: Ctrl-C in the first second of any command (Python importing numpy, typer, the index) printed
     a KeyboardInterrupt traceback."""
