@@ -1339,3 +1339,16 @@ def test_an_entry_whose_path_the_system_refuses_is_skipped_and_the_rest_go_back(
     restored, skipped, _ = quarantine.undo(folder / "manifest-1.json")
     assert [m.source for m in restored] == [entries[1]["from"]] and (tmp_path / "p" / "a.jpg").exists()
     assert len(skipped) == 1 and "too long" in skipped[0][1].lower()
+
+
+def test_undo_of_a_quarantine_folder_that_was_moved_says_to_move_it_back(collection, thumbnail_model, tmp_path):
+    """A quarantine folder renamed after the move: its manifest's entries point into the old place and are
+    refused (rightly), and the message now says what to do."""
+    index = tmp_path / "u.lookalike"
+    index_with(thumbnail_model, collection, index)
+    manifest = move_exact(collection, index, tmp_path / "q")
+    (tmp_path / "q").rename(tmp_path / "q-moved")
+    result = run_cli("dupes", "--undo", str(tmp_path / "q-moved" / manifest.name))
+    assert result.returncode == 1 and f"move it back to {tmp_path / 'q'}" in result.stdout, result.stdout
+    (tmp_path / "q-moved").rename(tmp_path / "q")
+    assert run_cli("dupes", "--undo", str(manifest)).returncode == 0

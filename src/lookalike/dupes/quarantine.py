@@ -293,7 +293,9 @@ def _undo_one(entry: dict, manifest: Path, record: dict, dry_run: bool, into: Se
     if target.is_symlink():
         return f"{target} is a symbolic link, not a file this quarantine holds"
     if not _inside(target, manifest.parent):
-        return f"the manifest puts it at {target}, outside {manifest.parent}: not a file this quarantine holds"
+        moved = record.get("folder") if isinstance(record.get("folder"), str) else None
+        hint = f"; if the quarantine folder was moved, move it back to {moved}" if moved else ""
+        return f"the manifest puts it at {target}, outside {manifest.parent}: not a file this quarantine holds{hint}"
     if vouches is not None and not vouches(sealed_part(entry), entry.get("seal")):
         return (f"this entry of the manifest was not written by the index it goes back into (changed, or made for "
                 f"another index): left at {target}")
