@@ -155,3 +155,15 @@ def test_vectors_are_unit_length_float32(index, photo_dir):
     _ids, vectors = index.vectors()
     assert vectors.dtype == np.float32 and vectors.shape == (9, index.spec.dims)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_index_vouches_only_for_what_it_sealed_and_checking_writes_nothing(index):
+    """Index.seal / Index.vouches: an HMAC under a key the index keeps; checking a seal on an index that never
+    made one must not write to it (it may be read-only, or a dry run's)."""
+    generation = index.store.meta("generation")
+    assert not index.vouches(b"payload", "0" * 64) and index.store.meta("seal_key") is None
+    assert index.store.meta("generation") == generation
+    seal = index.seal(b"payload")
+    assert index.vouches(b"payload", seal) and not index.vouches(b"payload!", seal)
+    assert not index.vouches(b"payload", seal[:-1] + ("0" if seal[-1] != "0" else "1"))
+    assert not index.vouches(b"payload", None)
