@@ -58,3 +58,19 @@ def test_ctrl_c_that_a_library_turns_into_an_import_error_is_an_interruption_not
     result = run_interrupted(tmp_path, "huggingface_hub", action, "models")  # imported by the command itself
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 130 and result.stderr.strip().startswith("interrupted"), result.stderr
+
+
+def test_an_error_whose_chain_loops_is_reported_not_walked_for_ever():
+    """The bug: looking for a KeyboardInterrupt behind an error walked its chain of causes and contexts until
+    the end, and a chain that loops (pymilvus' connection error has one) has none: `lookalike info --index
+    milvus://127.0.0.1:1/x` spun at full CPU for ever instead of saying it cannot reach Milvus."""
+    code = textwrap.dedent("""
+        from lookalike.cli import _from_ctrl_c
+        a, b = ValueError("a"), ValueError("b")
+        a.__context__, b.__context__ = b, a
+        c = ValueError("c")
+        c.__context__ = KeyboardInterrupt()
+        print(_from_ctrl_c(a), _from_ctrl_c(c))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "True"], result.stderr

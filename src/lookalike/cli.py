@@ -1191,9 +1191,11 @@ def _from_ctrl_c(exc: BaseException) -> bool:
     exit 130; a compiled library's ImportError("initialization failed") raised from it; the "needs Y" error
     raised in turn from that ImportError)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    walked: set[int] = set()
+    while seen is not None and id(seen) not in walked:  # a chain can loop back on itself (pymilvus' does)
         if isinstance(seen, KeyboardInterrupt):
             return True
+        walked.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     return False
 
