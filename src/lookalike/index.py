@@ -144,6 +144,10 @@ def rebuild_hint(path: str, stored: ModelSpec, current: ModelSpec, roots: list[s
             f"rebuild with `lookalike index {folders} --index {new}` (or use this index without --model)")
 
 
+def _hmac(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
 def _file_identity(path: str) -> tuple[int, int] | None:
     """(device, inode) of the file a path leads to (links followed), or None when it cannot be reached."""
     try:
@@ -323,7 +327,7 @@ class Index:
         """An HMAC-SHA256 (hex) of `payload` under a secret key that only this index holds (made on first use):
         the index's signature on what it writes into a file that leaves it (a quarantine manifest's records),
         so that `vouches` can later tell them from anything written or changed by someone else."""
-        return hmac.new(self._seal_key(), payload, hashlib.sha256).hexdigest()
+        return _hmac(self._seal_key(), payload)
 
     def vouches(self, payload: bytes, seal: object) -> bool:
         """Whether `seal` is this index's own `seal` of `payload` (compared in constant time). Writes nothing:
@@ -331,7 +335,7 @@ class Index:
         key = self.store.meta(SEAL_KEY)
         if key is None or not isinstance(seal, str):
             return False
-        return hmac.compare_digest(hmac.new(bytes.fromhex(key), payload, hashlib.sha256).hexdigest(), seal)
+        return hmac.compare_digest(_hmac(bytes.fromhex(key), payload), seal)
 
     def _seal_key(self) -> bytes:
         key = self.store.meta(SEAL_KEY)
