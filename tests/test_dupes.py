@@ -298,10 +298,13 @@ def test_progress_moves_while_a_chunk_is_checked(collection, thumbnail_model, tm
     index = tmp_path / "p.lookalike"
     index_with(thumbnail_model, collection, index)
     monkeypatch.setattr(finder, "PROGRESS_EVERY", 1)
-    heard: list[int] = []
+    heard: dict[str, list[int]] = {}
     with Index.open(index) as opened:
-        total = finder.find(opened, floor=-1.0, steps=lambda what, done, total: heard.append(done)).candidates
-    assert total > 5 and len(set(heard)) > 3 and heard == sorted(heard)
+        total = finder.find(opened, floor=-1.0,
+                            steps=lambda what, done, total: heard.setdefault(what, []).append(done)).candidates
+    checking = heard[finder.CHECKING]
+    assert total > 5 and len(set(checking)) > 3 and checking == sorted(checking)
+    assert all(done == sorted(done) for done in heard.values())
 
 
 def test_ctrl_c_says_what_it_left_and_how_to_go_on(tmp_path, monkeypatch, capsys):
@@ -522,10 +525,58 @@ def test_members_are_checked_against_the_one_kept_not_through_a_chain(tmp_path):
     # 1 - 2 - 3 - ... - 40: each proven with its neighbour (a chain); only 2 is the same photo as 1.
     heads = {i: Member(i, str(tmp_path / f"{i:02d}.jpg"), 100 - i, 100, 1000, 0, None) for i in range(1, 41)}
     edges = {(i, i + 1) for i in range(1, 40)}
-    clusters = _clusters(edges, heads, Prover(edges | {(1, 2)}), connected_components, coo_matrix, False)
+    clusters = _clusters(edges, set(), heads, Prover(edges | {(1, 2)}), connected_components, coo_matrix, False)
     biggest = max(len(c.members) for c in clusters)
     assert biggest == 2  # a chain never becomes one cluster: each member is proven against the one kept
     assert {frozenset(m.id for m in c.members) for c in clusters} >= {frozenset({1, 2})}
+
+
+def test_members_dropped_by_the_one_kept_are_clustered_with_the_pairs_never_checked_between_them(tmp_path):
+    """A and B are the same photo, and C is a copy of both and of K; K, the one kept, is neither A nor B. The
+    pair A-B was never checked (C already joined them): once A and B leave K's cluster, it is checked, and
+    they are one cluster of their own."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    k, a, b, c = 1, 2, 3, 4
+    heads = {i: Member(i, str(tmp_path / f"{i}.jpg"), 100 - i, 100, 1000, 0, None) for i in (k, a, b, c)}
+    proven = {(k, c), (a, c), (b, c)}
+    clusters = _clusters(proven, {(a, b)}, heads, Prover(proven | {(a, b)}), connected_components, coo_matrix,
+                         False)
+    assert {frozenset(m.id for m in cl.members) for cl in clusters} == {frozenset({k, c}), frozenset({a, b})}
+
+
+def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are_the_same(thumbnail_model,
+                                                                                        tmp_path, monkeypatch):
+    """Six copies of one photo are 15 candidate pairs, and every one was checked (a photo's check is the
+    costly one: 60-70 ms); five of them prove the cluster, and each copy is then checked against the one
+    kept anyway. A pair whose two pictures are already joined is skipped; the answer is the same."""
+    from lookalike.dupes import find as finder
+
+    photos, index = tmp_path / "copies", tmp_path / "c.lookalike"
+    photos.mkdir()
+    original = scene(11)
+    original.save(photos / "original.jpg", quality=95)
+    for n, factor in enumerate((1.1, 1.2, 0.9, 0.8, 1.3)):
+        ImageEnhance.Brightness(original).enhance(factor).save(photos / f"copy{n}.jpg", quality=60 + 5 * n)
+    for n in range(3):
+        scene(20 + n).save(photos / f"other{n}.jpg", quality=80)
+    index_with(thumbnail_model, photos, index)
+    checked: list[int] = []
+    real_compare = verify.compare
+
+    def counting(a, b):
+        checked.append(1)
+        return real_compare(a, b)
+
+    monkeypatch.setattr(verify, "compare", counting)
+    with Index.open(index) as opened:
+        found = finder.find(opened, workers=1, floor=-1.0)  # every neighbour a candidate
+    assert [sorted(os.path.basename(m.path) for m in c.members) for c in found.clusters] == \
+        [["copy0.jpg", "copy1.jpg", "copy2.jpg", "copy3.jpg", "copy4.jpg", "original.jpg"]]
+    copies_pairs = 15
+    assert found.candidates >= copies_pairs and found.skipped >= copies_pairs - 5 - 5, found
+    assert len(checked) <= found.candidates - found.skipped + 5  # the skipped were not checked (mirror: 2 a pair)
 
 
 # -- the keep rule ---------------------------------------------------------------------------------------

@@ -644,7 +644,7 @@ def dupes(
         else:
             duplicates = sum(len(c.others) for c in findings.clusters)
             out.print(f"{len(findings.clusters)} clusters, {duplicates} duplicates among {findings.scanned:,} "
-                      f"images ({findings.candidates:,} candidate pairs checked, {findings.seconds:.1f} s)")
+                      f"images ({findings.pairs_text()}, {findings.seconds:.1f} s)")
             for n, cluster in enumerate(findings.clusters, 1):
                 out.print(Text.assemble((f"{n}.", "bold"), f" {cluster.kind}: keep {_shorter(cluster.keep.path)} (",
                                         (cluster.reason, "green"), ")"))

@@ -11,6 +11,9 @@ captioned or watermarked, mirrored, rotated a little). Another shot of the same 
    `same photo` (verify.py: local features, a similarity transform, and the aligned pixels agreeing).
 3. Clusters: connected components of the proven pairs (scipy.sparse.csgraph), then every member is checked
    against the file to keep (keep.py), not through a chain: members that fail that check leave the cluster.
+   So a candidate pair whose two pictures proven pairs already join is not checked (see FOREST_ROUNDS; it is
+   where the check against the one kept parts them): a photo with 7 copies is 28 candidate pairs, of which 7
+   prove the cluster.
 4. One physical file reached by several paths (a symbolic link, a hard link, a folder indexed twice) is one
    file: never its own duplicate; its other paths are listed as aliases. A file that a link points at (or
    that is a link) is never moved (`movable`), and is the one kept where it is in a cluster.
@@ -25,6 +28,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +37,9 @@ from lookalike.dupes import keep as keep_rule
 from lookalike.dupes import verify
 from lookalike.dupes.cache import FeatureCache, pair_keys
 from lookalike.pipeline import Steps
+
+if TYPE_CHECKING:
+    from scipy.cluster.hierarchy import DisjointSet
 
 CANDIDATE_FLOOR = 0.70  # cosine from which a neighbour is checked (edited copies: dev set, 99 % above 0.70)
 NEIGHBOURS = 10
@@ -51,6 +58,15 @@ PROGRESS_EVERY = 25  # pairs between two progress reports
 # often than in the order of file ids (100k points' 8-NN pairs in 16 dimensions: 388k reads against 593k).
 IN_MEMORY = 10_000
 CHECKING = "checking candidate pairs"  # the progress step (pipeline.Steps) of the pair checks
+KEEPER = "checking each duplicate against the file kept"  # ... and of the checks against the one kept
+# Candidate pairs are checked in rounds, and a pair whose pictures the pairs proven so far already join is
+# skipped (its verdict could not change the clusters; see `_clusters`). The first FOREST_ROUNDS rounds check only
+# a spanning forest of what is left (for every two groups candidate pairs connect, their pair of highest cosine:
+# the likeliest to be proven, which joins the most); the last round checks the rest chunk by chunk, skipping what
+# the chunks before it joined. On the dev set of benchmarks/dupes.py (13,674 candidate pairs, 6,878 of them the same
+# photo, whose checks cost 3-4x a refusal's), replayed from its cached verdicts: two rounds check 8,247 pairs,
+# 1,618 of them the same photo; checking all: 13,674; a third round saves 32 more.
+FOREST_ROUNDS = 2
 
 
 @dataclass
@@ -105,6 +121,12 @@ class Findings:
     neighbour_cosines: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     seconds: float = 0.0
     floor: float = CANDIDATE_FLOOR
+    skipped: int = 0  # candidate pairs not checked: proven pairs already joined their two pictures
+
+    def pairs_text(self) -> str:
+        """How many candidate pairs, and how many needed a check, for a person."""
+        skipped = f"; {self.skipped:,} others already joined by proven pairs" if self.skipped else ""
+        return f"{self.candidates - self.skipped:,} candidate pairs checked{skipped}"
 
 
 # -- physical files --------------------------------------------------------------------------------------
@@ -263,6 +285,7 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
          floor: float = CANDIDATE_FLOOR, steps: Steps | None = None, workers: int | None = None) -> Findings:
     """Every cluster of duplicates in `index` (a lookalike Index), or among its files below folder `under`.
     `steps` hears how many candidate pairs are checked (CHECKING); `workers`: threads (default one per core)."""
+    from scipy.cluster.hierarchy import DisjointSet
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -295,41 +318,142 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
                                                  floor=PIXELS_FLOOR if exact_only else floor)
     open_pairs = prover.preload(pairs)
     todo, todo_scores = pairs[open_pairs], scores[open_pairs]
-    edges |= _check(todo, todo_scores, prover, features, steps, workers, exact_only)
-
-    clusters = _clusters(edges, heads, prover, connected_components, coo_matrix, exact_only)
+    joined = DisjointSet(heads)  # the pictures proven pairs join so far
+    for a, b in edges:
+        joined.merge(a, b)
+    with ThreadPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool:
+        checker = _Checker(prover, features, pool, steps, exact_only)
+        proven, skipped = _prove(todo, todo_scores, checker, joined)
+        edges |= proven
+        clusters = _clusters(edges, skipped, heads, prover, connected_components, coo_matrix, exact_only,
+                             checker.decide)
     features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if under is None else None)
     features.close()
-    return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor)
+    return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor,
+                    sum(pair not in prover.known for pair in skipped))
 
 
-def _check(pairs: np.ndarray, scores: np.ndarray, prover: _Prover, features: FeatureCache, steps: Steps | None,
-           workers: int | None, exact_only: bool) -> set[tuple[int, int]]:
-    """The pairs (int64 [p, 2]) proven to be one photograph, checked CHUNK at a time on `workers` threads. An
-    interruption (Ctrl-C, an error) cancels the rest of its chunk; the chunks before it are saved."""
-    edges: set[tuple[int, int]] = set()
-    order = local_order(pairs)
-    pairs, scores = pairs[order], scores[order]
-    with ThreadPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool:
-        for start in range(0, len(pairs), CHUNK):
-            if steps:
-                steps(CHECKING, start, len(pairs))
-            chunk, chunk_scores = pairs[start:start + CHUNK], scores[start:start + CHUNK]
-            ids = np.unique([i for pair in chunk.tolist() if prover.needs_features(*pair) for i in pair]).tolist()
-            features.prefetch([(i, prover.members[i].path) for i in ids], pool)
+class _Checker:
+    """Checks pairs on the pool's threads (OpenCV and the decoders let go of Python's lock), CHUNK at a time,
+    each chunk's features and verdicts saved before the next; tells `steps` how far it is."""
+
+    def __init__(self, prover: _Prover, features: FeatureCache, pool: ThreadPoolExecutor, steps: Steps | None,
+                 exact_only: bool):
+        self.prover, self.features, self.pool, self.steps, self.exact_only = prover, features, pool, steps, exact_only
+        self.done: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+
+    def proves(self, link: Link | None) -> bool:
+        return link is not None and (not self.exact_only or link.kind != "photo")
+
+    def expect(self, step: str, pairs: int) -> None:
+        self.done.setdefault(step, 0)
+        self.total[step] = self.total.get(step, 0) + pairs
+
+    def _report(self, step: str) -> None:
+        if self.steps:
+            self.steps(step, self.done[step], self.total[step])
+
+    def run(self, pairs: np.ndarray, scores: np.ndarray | None, step: str,
+            joined: DisjointSet | None = None) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+        """Check these pairs (int64 [p, 2], lower id first; their cosines float32 [p], or None) in `local_order`.
+        With `joined`: a pair whose two pictures are joined when its chunk starts is skipped, and each proven
+        pair joins its two. Returns (the proven pairs, the skipped ones). An interruption (Ctrl-C, an error)
+        cancels the rest of its chunk; the chunks before it are saved."""
+        proven: set[tuple[int, int]] = set()
+        skipped: set[tuple[int, int]] = set()
+        order = local_order(pairs)
+        listed = pairs[order].tolist()
+        cosines = scores[order].tolist() if scores is not None else [None] * len(listed)
+        for start in range(0, len(listed), CHUNK):
+            chunk, chunk_cosines = listed[start:start + CHUNK], cosines[start:start + CHUNK]
+            if joined is not None:
+                open_ = [not joined.connected(a, b) for a, b in chunk]
+                skipped.update(tuple(pair) for pair, o in zip(chunk, open_, strict=True) if not o)
+                self.total[step] -= len(chunk) - sum(open_)
+                chunk = [pair for pair, o in zip(chunk, open_, strict=True) if o]
+                chunk_cosines = [c for c, o in zip(chunk_cosines, open_, strict=True) if o]
+            self._report(step)
+            ids = sorted({i for pair in chunk if self.prover.needs_features(*pair) for i in pair})
+            self.features.prefetch([(i, self.prover.members[i].path) for i in ids], self.pool)
             # Executor.map cancels what has not started when its results stop being read (Ctrl-C, an error).
-            links = pool.map(lambda pair: prover.link(*pair, preloaded=True),
-                             zip(*chunk.T.tolist(), chunk_scores.tolist(), strict=True))
-            for done, ((a, b), link) in enumerate(zip(chunk.tolist(), links, strict=True), 1):
-                if link is not None and (not exact_only or link.kind != "photo"):
-                    edges.add((a, b))
-                if steps and done % PROGRESS_EVERY == 0:
-                    steps(CHECKING, start + done, len(pairs))
-            features.save()  # this chunk's work is kept; the least recently used features leave memory
-            features.forget(keep=IN_MEMORY)
-    if steps and len(pairs):
-        steps(CHECKING, len(pairs), len(pairs))
-    return edges
+            links = self.pool.map(lambda pair, cosine: self.prover.link(pair[0], pair[1], cosine, preloaded=True),
+                                  chunk, chunk_cosines)
+            for done, (pair, link) in enumerate(zip(chunk, links, strict=True), 1):
+                if self.proves(link):
+                    proven.add((pair[0], pair[1]))
+                    if joined is not None:
+                        joined.merge(*pair)
+                self.done[step] += 1
+                if done % PROGRESS_EVERY == 0:
+                    self._report(step)
+            self.features.save()  # this chunk's work is kept; the least recently used features leave memory
+            self.features.forget(keep=IN_MEMORY)
+        if len(listed):
+            self._report(step)
+        return proven, skipped
+
+    def decide(self, pairs: list[tuple[int, int]]) -> None:
+        """Decide these pairs ahead, on every core (step KEEPER): the prover then has their answers. Verdicts an
+        earlier run cached are read here, on this thread (the database's)."""
+        todo = []
+        for pair in sorted({(min(a, b), max(a, b)) for a, b in pairs}):
+            if pair in self.prover.known or pair in self.prover.verdicts:
+                continue
+            evidence = self.features.verdict(*pair)
+            if evidence is None:
+                todo.append(pair)
+            elif evidence.same:
+                self.prover.verdicts[pair] = evidence
+            else:  # it got as far as the check: neither the same bytes nor the same pixels
+                self.prover.known[pair] = None
+        if todo:
+            self.expect(KEEPER, len(todo))
+            self.run(np.array(todo, np.int64), None, KEEPER)
+
+
+def _prove(pairs: np.ndarray, scores: np.ndarray, checker: _Checker,
+           joined: DisjointSet) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """Check the candidate pairs (int64 [p, 2]; cosines float32 [p]) in rounds (see FOREST_ROUNDS): first those
+    whose verdict is cached (no pixels needed), then FOREST_ROUNDS spanning forests, then the rest; a pair whose
+    pictures are joined by then is skipped. Returns (proven pairs, skipped pairs)."""
+    checker.expect(CHECKING, len(pairs))
+    proven: set[tuple[int, int]] = set()
+    skipped: set[tuple[int, int]] = set()
+    left = np.ones(len(pairs), bool)
+    cached = np.array([pair in checker.prover.verdicts for pair in map(tuple, pairs.tolist())], bool)
+    for round_ in range(FOREST_ROUNDS + 2):
+        if round_ == 0:
+            chosen = left & cached
+        elif round_ <= FOREST_ROUNDS:
+            chosen = _forest(pairs, scores, left, joined)
+        else:
+            chosen = left.copy()
+        found, passed = checker.run(pairs[chosen], scores[chosen], CHECKING, joined)
+        proven |= found
+        skipped |= passed
+        left &= ~chosen
+    return proven, skipped
+
+
+def _forest(pairs: np.ndarray, scores: np.ndarray, left: np.ndarray, joined: DisjointSet) -> np.ndarray:
+    """bool [p]: of the `left` pairs whose pictures are not joined, a spanning forest of the graph whose nodes
+    are `joined`'s groups, of highest cosine (Kruskal: best first, a pair taken where it joins two trees)."""
+    from scipy.cluster.hierarchy import DisjointSet
+
+    chosen = np.zeros(len(pairs), bool)
+    trees = DisjointSet()
+    at = np.flatnonzero(left)
+    at = at[np.argsort(-scores[at], kind="stable")]
+    for p, (a, b) in zip(at.tolist(), pairs[at].tolist(), strict=True):
+        a, b = joined[a], joined[b]
+        if a == b:
+            continue
+        trees.add(a)
+        trees.add(b)
+        if trees.merge(a, b):
+            chosen[p] = True
+    return chosen
 
 
 def local_order(pairs: np.ndarray) -> np.ndarray:
@@ -350,32 +474,30 @@ def local_order(pairs: np.ndarray) -> np.ndarray:
     return np.lexsort((second, first))
 
 
-def _clusters(edges, heads: dict[int, Member], prover: _Prover, connected_components, coo_matrix,
-              exact_only: bool) -> list[Cluster]:
-    """Components of the proven pairs; each member then proven against the one kept, or dropped (and the
-    dropped ones clustered again among themselves)."""
+def _clusters(edges: set[tuple[int, int]], skipped: set[tuple[int, int]], heads: dict[int, Member], prover,
+              connected_components, coo_matrix, exact_only: bool, decide=None) -> list[Cluster]:
+    """Components of the proven pairs; each member then proven against the one kept, or dropped, and the dropped
+    ones clustered again among themselves. Candidate pairs that were `skipped` (proven pairs joined their
+    pictures) are checked where that matters: between members dropped from one cluster, whose join may have
+    gone through the ones that stayed. `decide(pairs)`, when given, decides pairs ahead on every core (the
+    prover then has their answers)."""
     clusters: list[Cluster] = []
+    edges = set(edges)
     pending = [{i for e in edges for i in e}]
     while pending:
-        nodes = pending.pop()
-        inside = [(a, b) for a, b in edges if a in nodes and b in nodes]
-        if not inside:
-            continue
-        order = sorted(nodes)
-        position = {n: p for p, n in enumerate(order)}
-        rows = [position[a] for a, _ in inside]
-        cols = [position[b] for _, b in inside]
-        graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(order), len(order)))
-        count, labels = connected_components(graph, directed=False)
-        for label in range(count):
-            group = [order[p] for p in np.flatnonzero(labels == label)]
-            if len(group) < 2:
-                continue
-            chosen = [heads[i] for i in group]
-            facts = {m.id: keep_rule.read_facts(m.path, m.width, m.height, m.mtime_ns) for m in chosen}
-            for m in chosen:
-                facts[m.id].linked = not movable(m)
-            keeper, reason = keep_rule.choose(chosen, facts)
+        where = {node: n for n, nodes in enumerate(pending) for node in nodes}
+        inside: list[list[tuple[int, int]]] = [[] for _ in pending]
+        for a, b in edges:
+            if a in where and where[a] == where.get(b):
+                inside[where[a]].append((a, b))
+        groups = []
+        for nodes, proven in zip(pending, inside, strict=True):
+            if proven:
+                groups += _components(nodes, proven, heads, connected_components, coo_matrix)
+        if decide:
+            decide([(keeper.id, m.id) for chosen, keeper, _ in groups for m in chosen if m.id != keeper.id])
+        pending = []
+        for chosen, keeper, reason in groups:
             links: dict[int, Link] = {}
             dropped = set()
             for member in chosen:
@@ -391,7 +513,40 @@ def _clusters(edges, heads: dict[int, Member], prover: _Prover, connected_compon
                 clusters.append(Cluster(sorted(kept, key=lambda m: m.path), keeper, reason, links))
             if len(dropped) > 1:
                 pending.append(dropped)
+        where = {node: n for n, nodes in enumerate(pending) for node in nodes}
+        unchecked = [(a, b) for a, b in skipped if a in where and where[a] == where.get(b)]
+        if unchecked and decide:
+            decide(unchecked)
+        for a, b in unchecked:
+            link = prover.link(a, b)
+            if link is not None and not (exact_only and link.kind == "photo"):
+                edges.add((a, b))
+        skipped = skipped - set(unchecked)
     return sorted(clusters, key=lambda c: (-len(c.members), c.keep.path))
+
+
+def _components(nodes: set[int], edges: list[tuple[int, int]], heads: dict[int, Member], connected_components,
+                coo_matrix) -> list[tuple[list[Member], Member, str]]:
+    """The connected components (two members or more) of these proven pairs among `nodes`, each with the member
+    to keep and why (keep.py)."""
+    order = sorted(nodes)
+    position = {n: p for p, n in enumerate(order)}
+    rows = [position[a] for a, _ in edges]
+    cols = [position[b] for _, b in edges]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(order), len(order)))
+    count, labels = connected_components(graph, directed=False)
+    found = []
+    for label in range(count):
+        group = [order[p] for p in np.flatnonzero(labels == label)]
+        if len(group) < 2:
+            continue
+        chosen = [heads[i] for i in group]
+        facts = {m.id: keep_rule.read_facts(m.path, m.width, m.height, m.mtime_ns) for m in chosen}
+        for m in chosen:
+            facts[m.id].linked = not movable(m)
+        keeper, reason = keep_rule.choose(chosen, facts)
+        found.append((chosen, keeper, reason))
+    return found
 
 
 def _below(path: str, folder: str) -> bool:

@@ -20,7 +20,8 @@ def evidence(cluster: Cluster, member_id: int) -> str:
 def as_dict(findings: Findings) -> dict:
     return {
         "scanned": findings.scanned,
-        "candidate_pairs_checked": findings.candidates,
+        "candidate_pairs": findings.candidates,
+        "candidate_pairs_checked": findings.candidates - findings.skipped,  # the others: proven pairs joined them
         "candidate_floor": findings.floor,
         "seconds": findings.seconds,
         "clusters": [
@@ -76,8 +77,8 @@ def write_html(findings: Findings, folder: str | Path, *, max_clusters: int = 50
         "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}"
         ".keep{color:#1e963c;font-weight:600}</style>",
         f"<h1>Duplicates</h1><p>{findings.scanned:,} images scanned, {len(findings.clusters):,} clusters, "
-        f"{sum(len(c.others) for c in findings.clusters):,} duplicates; {findings.candidates:,} candidate pairs "
-        f"checked ({findings.seconds:.1f} s). A duplicate is the same photograph (same bytes, same pixels, or "
+        f"{sum(len(c.others) for c in findings.clusters):,} duplicates; {html.escape(findings.pairs_text())} "
+        f"({findings.seconds:.1f} s). A duplicate is the same photograph (same bytes, same pixels, or "
         "an edit of it that the pixels prove), never merely another shot of the same thing. Nothing has been "
         "moved: see <code>lookalike dupes --move-to</code>.</p>",
         "<img src='similarities.png' alt='histogram of neighbour similarities'>",
