@@ -384,12 +384,12 @@ def main() -> None:
                                         "checked": answer["candidate_pairs_checked"], "images": answer["scanned"]}}
         saved_phash = workdir / f"{split}-phash.json"  # the baseline's scores, kept like the answers
         if args.reuse_answers and saved_phash.is_file():
-            results[split]["imagededup PHash"] = json.loads(saved_phash.read_text())
+            results[split]["imagededup PHash"] = {"reused": True, **json.loads(saved_phash.read_text())}
         else:
             try:
                 clusters, phash_seconds = phash_clusters(workdir / split)
                 results[split]["imagededup PHash"] = {**score(workdir / split, truth, clusters, edits),
-                                                      "seconds": phash_seconds}
+                                                      "seconds": phash_seconds, "commit": commit()}
                 saved_phash.write_text(json.dumps(results[split]["imagededup PHash"]))
             except ImportError as exc:
                 results[split]["imagededup PHash"] = {"error": str(exc)}
@@ -517,13 +517,21 @@ def render(results: dict, timing: dict | None) -> str:
         missed.append(f"100,000 images in < 60 s only as a re-run ({timing['seconds']:.0f} s); a first run, which "
                       f"must check its pairs, about {first_run / 3600:,.1f} h (an estimate, below)")
     missed_text = ("**Missed: " + "; ".join(missed) + ".**") if missed else "Every target met."
+    reused = [r for r in (results["dev"].get("imagededup PHash", {}), results["test"].get("imagededup PHash", {}))
+              if r.get("reused")]
+    reused_text = ""
+    if reused:  # --reuse-answers: the baseline's scores come from the run that saved them
+        made = sorted({r.get("commit", "a commit it did not record") for r in reused})
+        reused_text = (" (imagededup PHash's scores and times are those saved by an earlier run of this benchmark on "
+                       f"the same sets, at {' and '.join(made)}; lookalike's answers are this run's where their saved "
+                       "files were deleted first: each row says its commit)")
     only = results.get("verification_only", {})
     only_text = "; ".join(f"{label}: {r['accepted']} of {r['pairs']} accepted" for label, r in only.items())
     return f"""## Duplicates (issue 13)
 
 {missed_text}
 
-`{command()}` at commit {commit()}, on
+`{command()}` at commit {commit()}{reused_text}, on
 {machine(("onnxruntime", "numpy", "opencv-python-headless", "scipy", "faiss-cpu", "imagededup"))};
 load average during the run {os.getloadavg()[0]:.1f} (other work shared the 2 cores: times are pessimistic).
 
