@@ -576,7 +576,7 @@ def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are
         [["copy0.jpg", "copy1.jpg", "copy2.jpg", "copy3.jpg", "copy4.jpg", "original.jpg"]]
     copies_pairs = 15
     assert found.candidates >= copies_pairs and found.skipped >= copies_pairs - 5 - 5, found
-    assert len(checked) <= found.candidates - found.skipped + 5  # the skipped were not checked (mirror: 2 a pair)
+    assert len(checked) <= found.candidates - found.skipped + 5  # skipped: not checked (+5: copies vs the one kept)
 
 
 # -- the keep rule ---------------------------------------------------------------------------------------
