@@ -307,6 +307,50 @@ def test_progress_moves_while_a_chunk_is_checked(collection, thumbnail_model, tm
     assert all(done == sorted(done) for done in heard.values())
 
 
+def test_progress_counts_every_candidate_pair_and_a_re_run_with_nothing_new_shows_no_check(thumbnail_model,
+                                                                                         tmp_path, monkeypatch):
+    """A tester's findings: the bar's total dropped part-way (168, then 137: pairs joined already were taken off
+    it), and a re-run with every verdict cached showed "checking candidate pairs 19/19", though it checked
+    nothing. Now a pair joined already counts as done, and a step shows only once it checks something."""
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "p.lookalike"
+    index_with(thumbnail_model, photo_with_copies(tmp_path / "copies"), index)
+    monkeypatch.setattr(finder, "PROGRESS_EVERY", 1)
+    monkeypatch.setattr(finder, "CHUNK", 3)
+    heard: dict[str, list[tuple[int, int]]] = {}
+
+    def listen(what, done, total):
+        heard.setdefault(what, []).append((done, total))
+
+    with Index.open(index) as opened:
+        first = finder.find(opened, floor=-1.0, steps=listen)
+    assert first.skipped > 0  # some pairs were joined already (else this test shows nothing)
+    totals = {total for _, total in heard[finder.CHECKING]}
+    assert totals == {first.candidates}, totals  # one total, all along: every candidate pair
+    assert heard[finder.CHECKING][-1] == (first.candidates, first.candidates)
+    heard.clear()
+    checked: list[int] = []
+    real_compare = verify.compare
+    monkeypatch.setattr(verify, "compare", lambda a, b: checked.append(1) or real_compare(a, b))
+    with Index.open(index) as opened:
+        again = finder.find(opened, floor=-1.0, steps=listen)
+    assert checked == [] and heard == {}, heard  # nothing to check, nothing shown
+    assert [sorted(m.path for m in c.members) for c in again.clusters] == \
+        [sorted(m.path for m in c.members) for c in first.clusters]
+
+
+def test_dupes_on_an_indexed_folder_shows_no_empty_indexing_bar(collection, thumbnail_model, tmp_path):
+    """A tester's finding: `lookalike dupes FOLDER` printed an "indexing" bar with no count on every run,
+    though nothing needed indexing."""
+    index = tmp_path / "i.lookalike"
+    index_with(thumbnail_model, collection, index)
+    result = run_cli("dupes", str(collection), "--index", str(index))
+    assert result.returncode == 0, result.stderr
+    assert "indexing" not in result.stderr, result.stderr
+    assert "clusters" in result.stdout
+
+
 def test_ctrl_c_says_what_it_left_and_how_to_go_on(tmp_path, monkeypatch, capsys):
     """Typer turned Ctrl-C into a silent exit 130: the line meant for it never showed."""
     import sys
@@ -546,14 +590,8 @@ def test_members_dropped_by_the_one_kept_are_clustered_with_the_pairs_never_chec
     assert {frozenset(m.id for m in cl.members) for cl in clusters} == {frozenset({k, c}), frozenset({a, b})}
 
 
-def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are_the_same(thumbnail_model,
-                                                                                        tmp_path, monkeypatch):
-    """Six copies of one photo are 15 candidate pairs, and every one was checked (a photo's check is the
-    costly one: 60-70 ms); five of them prove the cluster, and each copy is then checked against the one
-    kept anyway. A pair whose two pictures are already joined is skipped; the answer is the same."""
-    from lookalike.dupes import find as finder
-
-    photos, index = tmp_path / "copies", tmp_path / "c.lookalike"
+def photo_with_copies(photos: Path) -> Path:
+    """original.jpg, five brighter or darker copies (copy0-4.jpg) and three other photos."""
     photos.mkdir()
     original = scene(11)
     original.save(photos / "original.jpg", quality=95)
@@ -561,6 +599,17 @@ def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are
         ImageEnhance.Brightness(original).enhance(factor).save(photos / f"copy{n}.jpg", quality=60 + 5 * n)
     for n in range(3):
         scene(20 + n).save(photos / f"other{n}.jpg", quality=80)
+    return photos
+
+
+def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are_the_same(thumbnail_model,
+                                                                                        tmp_path, monkeypatch):
+    """Six copies of one photo are 15 candidate pairs, and every one was checked (a photo's check is the
+    costly one: 60-70 ms); five of them prove the cluster, and each copy is then checked against the one
+    kept anyway. A pair whose two pictures are already joined is skipped; the answer is the same."""
+    from lookalike.dupes import find as finder
+
+    photos, index = photo_with_copies(tmp_path / "copies"), tmp_path / "c.lookalike"
     index_with(thumbnail_model, photos, index)
     checked: list[int] = []
     real_compare = verify.compare

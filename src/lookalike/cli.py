@@ -299,6 +299,8 @@ class _Report:
         """pipeline.Progress: the indexing bar, added with the first call (once the model is ready)."""
         task = self.tasks.get("files")
         if task is None:
+            if not total:  # nothing to index: no bar
+                return
             task = self._add("files", "indexing", total=total, unit="img")
         self.bar.update(task, completed=done, total=total)
 

@@ -342,6 +342,7 @@ class _Checker:
         self.prover, self.features, self.pool, self.steps, self.exact_only = prover, features, pool, steps, exact_only
         self.done: dict[str, int] = {}
         self.total: dict[str, int] = {}
+        self.started: set[str] = set()  # a step is shown once it checks something: a re-run may check nothing
 
     def proves(self, link: Link | None) -> bool:
         return link is not None and (not self.exact_only or link.kind != "photo")
@@ -350,16 +351,17 @@ class _Checker:
         self.done.setdefault(step, 0)
         self.total[step] = self.total.get(step, 0) + pairs
 
-    def _report(self, step: str) -> None:
-        if self.steps:
+    def _report(self, step: str | None) -> None:
+        if self.steps and step in self.started:
             self.steps(step, self.done[step], self.total[step])
 
-    def run(self, pairs: np.ndarray, scores: np.ndarray | None, step: str,
+    def run(self, pairs: np.ndarray, scores: np.ndarray | None, step: str | None,
             joined: DisjointSet | None = None) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-        """Check these pairs (int64 [p, 2], lower id first; their cosines float32 [p], or None) in `local_order`.
-        With `joined`: a pair whose two pictures are joined when its chunk starts is skipped, and each proven
-        pair joins its two. Returns (the proven pairs, the skipped ones). An interruption (Ctrl-C, an error)
-        cancels the rest of its chunk; the chunks before it are saved."""
+        """Check these pairs (int64 [p, 2], lower id first; their cosines float32 [p], or None) in `local_order`,
+        each counted done in `step` (None: not counted). With `joined`: a pair whose two pictures are joined when
+        its chunk starts is skipped (and counted done), and each proven pair joins its two. Returns (the proven
+        pairs, the skipped ones). An interruption (Ctrl-C, an error) cancels the rest of its chunk; the chunks
+        before it are saved."""
         proven: set[tuple[int, int]] = set()
         skipped: set[tuple[int, int]] = set()
         order = local_order(pairs)
@@ -370,9 +372,12 @@ class _Checker:
             if joined is not None:
                 open_ = [not joined.connected(a, b) for a, b in chunk]
                 skipped.update(tuple(pair) for pair, o in zip(chunk, open_, strict=True) if not o)
-                self.total[step] -= len(chunk) - sum(open_)
                 chunk = [pair for pair, o in zip(chunk, open_, strict=True) if o]
                 chunk_cosines = [c for c, o in zip(chunk_cosines, open_, strict=True) if o]
+            if step is not None:
+                self.done[step] += len(listed[start:start + CHUNK]) - len(chunk)
+                if chunk:
+                    self.started.add(step)
             self._report(step)
             ids = sorted({i for pair in chunk if self.prover.needs_features(*pair) for i in pair})
             self.features.prefetch([(i, self.prover.members[i].path) for i in ids], self.pool)
@@ -384,7 +389,8 @@ class _Checker:
                     proven.add((pair[0], pair[1]))
                     if joined is not None:
                         joined.merge(*pair)
-                self.done[step] += 1
+                if step is not None:
+                    self.done[step] += 1
                 if done % PROGRESS_EVERY == 0:
                     self._report(step)
             self.features.save()  # this chunk's work is kept; the least recently used features leave memory
@@ -398,7 +404,7 @@ class _Checker:
         earlier run cached are read here, on this thread (the database's)."""
         todo = []
         for pair in sorted({(min(a, b), max(a, b)) for a, b in pairs}):
-            if pair in self.prover.known or pair in self.prover.verdicts:
+            if pair in self.prover.known or not self.prover.needs_features(*pair):  # decided, or the same bytes
                 continue
             evidence = self.features.verdict(*pair)
             if evidence is None:
@@ -417,11 +423,11 @@ def _prove(pairs: np.ndarray, scores: np.ndarray, checker: _Checker,
     """Check the candidate pairs (int64 [p, 2]; cosines float32 [p]) in rounds (see FOREST_ROUNDS): first those
     whose verdict is cached (no pixels needed), then FOREST_ROUNDS spanning forests, then the rest; a pair whose
     pictures are joined by then is skipped. Returns (proven pairs, skipped pairs)."""
-    checker.expect(CHECKING, len(pairs))
     proven: set[tuple[int, int]] = set()
     skipped: set[tuple[int, int]] = set()
     left = np.ones(len(pairs), bool)
     cached = np.array([pair in checker.prover.verdicts for pair in map(tuple, pairs.tolist())], bool)
+    checker.expect(CHECKING, int((~cached).sum()))  # the cached ones are not "checked" again
     for round_ in range(FOREST_ROUNDS + 2):
         if round_ == 0:
             chosen = left & cached
@@ -429,7 +435,7 @@ def _prove(pairs: np.ndarray, scores: np.ndarray, checker: _Checker,
             chosen = _forest(pairs, scores, left, joined)
         else:
             chosen = left.copy()
-        found, passed = checker.run(pairs[chosen], scores[chosen], CHECKING, joined)
+        found, passed = checker.run(pairs[chosen], scores[chosen], CHECKING if round_ else None, joined)
         proven |= found
         skipped |= passed
         left &= ~chosen
