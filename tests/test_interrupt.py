@@ -13,6 +13,10 @@ import pytest
 HOOK = """
 import os, signal, sys
 
+# Ctrl-C acts as a terminal's does, even where the tests run with SIGINT ignored (a shell's background job
+# without job control ignores it, and Python then keeps it ignored: the signal below did nothing)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class CtrlC:
     # Ctrl-C, as the terminal sends it, at the moment Python first looks for the module MODULE
     def find_spec(self, name, path=None, target=None):
