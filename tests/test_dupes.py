@@ -116,6 +116,9 @@ def test_finds_edited_copies_and_not_another_shot(collection, thumbnail_model, t
     crop = links["p5-crop.jpg"]
     assert crop["link"] == "photo" and crop["checks"]["inliers"] >= verify.MIN_INLIERS
     assert "matching points" in crop["evidence"] and "scaled" in crop["evidence"]
+    # a half-size copy reads as one: "scaled ×1.00" was the thumbnails' scale (a tester's finding)
+    assert "scaled ×2.00" in links["p2-small.jpg"]["evidence"], links["p2-small.jpg"]["evidence"]
+    assert links["p2-small.jpg"]["checks"]["scale"] == pytest.approx(1.0, abs=0.05)  # thumbnails: kept as it was
     exact = dupes_json(str(collection), "--index", str(index), "--exact-only")
     assert groups(exact) == {frozenset({"p0.jpg", "p0-copy.jpg"}), frozenset({"p1.jpg", "p1.png"})}
 

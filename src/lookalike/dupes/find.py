@@ -240,6 +240,10 @@ class _Prover:
                     evidence.reason = (f"taken at another moment ({first.taken} and {second.taken}, EXIF "
                                        "DateTimeOriginal): another shot")
             self.features.remember(i, j, evidence)
+        if evidence.same and not evidence.file_scale:  # checked now, or by a version that did not measure it
+            # Both thumbnails are THUMB pixels on their longer side: in the files' own pixels the scale is the
+            # thumbnails' times the ratio of the longer sides
+            evidence.file_scale = evidence.scale * max(b.width, b.height) / max(1, a.width, a.height)
         return Link("photo", evidence) if evidence.same else None
 
 

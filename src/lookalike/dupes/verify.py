@@ -144,6 +144,7 @@ class Evidence:
     uncovered_correlation: float = 0.0  # gradient correlation over the cells not covered by an added bar or text
     local_shift: float = 0.0  # median shift (pixels) of patches against their common shift, once aligned
     part_shift: float = 0.0  # ... and the shift of the patch at the 90th percentile
+    file_scale: float = 0.0  # size of b over size of a in the files' own pixels (`scale` is the thumbnails'), if known
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -152,13 +153,20 @@ class Evidence:
         """One line a person can check against the pictures."""
         if not self.inliers or not self.coverage:
             return self.reason
+        scale = either_way(self.file_scale or self.scale)  # the files' own, "×2.00" for a half-size copy
         facts = (f"{self.inliers} matching points, {'mirrored, ' if self.mirrored else ''}rotated "
-                 f"{self.rotation:+.1f}°, scaled ×{self.scale:.2f}, overlap {self.coverage:.0%} of the smaller, "
+                 f"{self.rotation:+.1f}°, scaled ×{scale:.2f}, overlap {self.coverage:.0%} of the smaller, "
                  f"gradients agree in {self.cells_agreeing:.0%} of cells ({self.fine_cells:.0%} in fine detail), "
                  f"perspective {self.perspective:.1f} px"
                  + (f", local shifts {self.local_shift:.2f} px (a tenth {self.part_shift:.2f} px)"
                     if self.local_shift else ""))  # measured when needed
         return facts if self.same else f"{self.reason} ({facts})"
+
+
+def either_way(scale: float) -> float:
+    """A scale as the larger of it and its inverse: "×2.00" whichever of the two is the larger picture (a
+    report names the pictures in its own order)."""
+    return max(scale, 1 / scale) if scale > 0 else scale
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
