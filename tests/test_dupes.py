@@ -338,7 +338,7 @@ def test_progress_counts_every_candidate_pair_and_a_re_run_with_nothing_new_show
     monkeypatch.setattr(verify, "compare", lambda a, b: checked.append(1) or real_compare(a, b))
     with Index.open(index) as opened:
         again = finder.find(opened, floor=-1.0, steps=listen)
-    assert checked == [] and heard == {}, heard  # nothing to check, nothing shown
+    assert checked == [] and heard == {}, heard  # nothing to check, nothing shown (nor decoded: same pixels)
     assert [sorted(m.path for m in c.members) for c in again.clusters] == \
         [sorted(m.path for m in c.members) for c in first.clusters]
 
@@ -594,10 +594,12 @@ def test_members_dropped_by_the_one_kept_are_clustered_with_the_pairs_never_chec
 
 
 def photo_with_copies(photos: Path) -> Path:
-    """original.jpg, five brighter or darker copies (copy0-4.jpg) and three other photos."""
+    """original.jpg, its pixels as a PNG (copy5.png), five brighter or darker copies (copy0-4.jpg) and three
+    other photos."""
     photos.mkdir()
     original = scene(11)
     original.save(photos / "original.jpg", quality=95)
+    Image.open(photos / "original.jpg").save(photos / "copy5.png")
     for n, factor in enumerate((1.1, 1.2, 0.9, 0.8, 1.3)):
         ImageEnhance.Brightness(original).enhance(factor).save(photos / f"copy{n}.jpg", quality=60 + 5 * n)
     for n in range(3):
@@ -607,8 +609,8 @@ def photo_with_copies(photos: Path) -> Path:
 
 def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are_the_same(thumbnail_model,
                                                                                         tmp_path, monkeypatch):
-    """Six copies of one photo are 15 candidate pairs, and every one was checked (a photo's check is the
-    costly one: 60-70 ms); five of them prove the cluster, and each copy is then checked against the one
+    """A photo and six copies are 21 candidate pairs, and every one was checked (a photo's check is the
+    costly one: 60-70 ms); six of them prove the cluster, and each copy is then checked against the one
     kept anyway. A pair whose two pictures are already joined is skipped; the answer is the same."""
     from lookalike.dupes import find as finder
 
@@ -625,10 +627,10 @@ def test_pairs_a_proven_chain_already_joins_are_not_checked_and_the_clusters_are
     with Index.open(index) as opened:
         found = finder.find(opened, workers=1, floor=-1.0)  # every neighbour a candidate
     assert [sorted(os.path.basename(m.path) for m in c.members) for c in found.clusters] == \
-        [["copy0.jpg", "copy1.jpg", "copy2.jpg", "copy3.jpg", "copy4.jpg", "original.jpg"]]
-    copies_pairs = 15
-    assert found.candidates >= copies_pairs and found.skipped >= copies_pairs - 5 - 5, found
-    assert len(checked) <= found.candidates - found.skipped + 5  # skipped: not checked (+5: copies vs the one kept)
+        [["copy0.jpg", "copy1.jpg", "copy2.jpg", "copy3.jpg", "copy4.jpg", "copy5.png", "original.jpg"]]
+    copies_pairs = 21
+    assert found.candidates >= copies_pairs and found.skipped >= copies_pairs - 6 - 6, found
+    assert len(checked) <= found.candidates - found.skipped + 6  # skipped: not checked (+6: copies vs the one kept)
 
 
 # -- the keep rule ---------------------------------------------------------------------------------------

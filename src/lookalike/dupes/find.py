@@ -47,6 +47,7 @@ SHORTLIST = 2  # above the exact limit, HNSW proposes SHORTLIST x NEIGHBOURS per
 # that broadly): at 100k synthetic vectors it found 988,615 pairs at cosine >= 0.70 in 31 s, against 992,922
 # in 59 s with 4 x and 997,663 in 254 s with the searcher's defaults (load ~5): the lost pairs are far ones
 PIXELS_FLOOR = 0.99  # cosine from which two same-size images are compared pixel for pixel
+SAME_PIXELS = "same pixels"  # the reason of a cached verdict for two files whose decoded pixels are the same
 # Pairs are checked CHUNK at a time, on one thread per core (OpenCV and the decoders let go of Python's lock:
 # 1.7x on 2 cores), and each chunk's features and verdicts are written before the next: a first run of hours
 # that is stopped keeps what it did.
@@ -220,13 +221,17 @@ class _Prover:
         a, b = self.members[i], self.members[j]
         if a.sha256 and a.sha256 == b.sha256:
             return Link("bytes")
-        if (a.width, a.height) == (b.width, b.height) and (cosine is None or cosine >= PIXELS_FLOOR):
+        evidence = self.verdicts.get((i, j)) if preloaded else self.features.verdict(i, j)
+        if evidence is not None and evidence.reason == SAME_PIXELS:
+            return Link("pixels")
+        if evidence is None and (a.width, a.height) == (b.width, b.height) and \
+                (cosine is None or cosine >= PIXELS_FLOOR):
             for m in (a, b):
                 if m.id not in self.digests:
                     self.digests[m.id] = pixel_digest(m.path)
             if self.digests[i] is not None and self.digests[i] == self.digests[j]:
+                self.features.remember(i, j, verify.Evidence(True, SAME_PIXELS))  # a re-run decodes neither
                 return Link("pixels")
-        evidence = self.verdicts.get((i, j)) if preloaded else self.features.verdict(i, j)
         if evidence is None:
             fa = self.features.get(i, a.path)
             fb = self.features.get(j, b.path) if fa is not None else None
