@@ -339,6 +339,8 @@ def test_progress_counts_every_candidate_pair_and_a_re_run_with_nothing_new_show
     with Index.open(index) as opened:
         again = finder.find(opened, floor=-1.0, steps=listen)
     assert checked == [] and heard == {}, heard  # nothing to check, nothing shown (nor decoded: same pixels)
+    assert first.checked_now == first.candidates - first.skipped and again.checked_now == 0
+    assert "(0 by this run, the others before)" in again.pairs_text()  # it read "N checked" as if it checked them
     assert [sorted(m.path for m in c.members) for c in again.clusters] == \
         [sorted(m.path for m in c.members) for c in first.clusters]
 

@@ -118,16 +118,19 @@ class Cluster:
 class Findings:
     clusters: list[Cluster]
     scanned: int
-    candidates: int = 0  # pairs checked
+    candidates: int = 0  # candidate pairs
     neighbour_cosines: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     seconds: float = 0.0
     floor: float = CANDIDATE_FLOOR
     skipped: int = 0  # candidate pairs not checked: proven pairs already joined their two pictures
+    checked_now: int = 0  # candidate pairs checked by this run (the others checked were cached by earlier runs)
 
     def pairs_text(self) -> str:
         """How many candidate pairs, and how many needed a check, for a person."""
+        checked = self.candidates - self.skipped
+        now = f" ({self.checked_now:,} by this run, the others before)" if self.checked_now != checked else ""
         skipped = f"; {self.skipped:,} others already joined by proven pairs" if self.skipped else ""
-        return f"{self.candidates - self.skipped:,} candidate pairs checked{skipped}"
+        return f"{checked:,} candidate pairs checked{now}{skipped}"
 
 
 # -- physical files --------------------------------------------------------------------------------------
@@ -195,6 +198,7 @@ class _Prover:
         self.known: dict[tuple[int, int], Link | None] = {}
         self.digests: dict[int, str | None] = {}
         self.verdicts: dict[tuple[int, int], verify.Evidence] = {}
+        self.fresh: set[tuple[int, int]] = set()  # pairs decided by this run from the pictures (not the cache)
 
     def preload(self, pairs: np.ndarray) -> np.ndarray:
         """Read the cached verdicts of these pairs (int64 [p, 2], a < b) in one pass; returns the pairs still
@@ -224,6 +228,8 @@ class _Prover:
         evidence = self.verdicts.get((i, j)) if preloaded else self.features.verdict(i, j)
         if evidence is not None and evidence.reason == SAME_PIXELS:
             return Link("pixels")
+        if evidence is None:
+            self.fresh.add((i, j))
         if evidence is None and (a.width, a.height) == (b.width, b.height) and \
                 (cosine is None or cosine >= PIXELS_FLOOR):
             for m in (a, b):
@@ -339,7 +345,8 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
     features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if under is None else None)
     features.close()
     return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor,
-                    sum(pair not in prover.known for pair in skipped))
+                    sum(pair not in prover.known for pair in skipped),
+                    sum(pair in prover.fresh for pair in map(tuple, pairs.tolist())))
 
 
 class _Checker:

@@ -22,6 +22,7 @@ def as_dict(findings: Findings) -> dict:
         "scanned": findings.scanned,
         "candidate_pairs": findings.candidates,
         "candidate_pairs_checked": findings.candidates - findings.skipped,  # the others: proven pairs joined them
+        "candidate_pairs_checked_now": findings.checked_now,  # the others checked: verdicts cached by earlier runs
         "candidate_floor": findings.floor,
         "seconds": findings.seconds,
         "clusters": [
