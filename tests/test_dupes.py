@@ -356,6 +356,15 @@ def test_dupes_on_an_indexed_folder_shows_no_empty_indexing_bar(collection, thum
     assert "clusters" in result.stdout
 
 
+def test_the_summary_counts_one_cluster_in_the_singular(thumbnail_model, tmp_path):
+    """It said "1 clusters" (a tester's finding)."""
+    photos, index = photo_with_copies(tmp_path / "copies"), tmp_path / "one.lookalike"
+    index_with(thumbnail_model, photos, index)
+    result = run_cli("dupes", str(photos), "--index", str(index), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1 cluster, 6 duplicates among 10 images"), result.stdout
+
+
 def test_ctrl_c_says_what_it_left_and_how_to_go_on(tmp_path, monkeypatch, capsys):
     """Typer turned Ctrl-C into a silent exit 130: the line meant for it never showed."""
     import sys

@@ -256,6 +256,11 @@ class _Pace(ProgressColumn):
         return Text(speed + left, style="cyan")
 
 
+def _many(count: int, thing: str) -> str:
+    """'1 cluster', '2 clusters', '1,000 images'."""
+    return f"{count:,} {thing}{'' if count == 1 else 's'}"
+
+
 def _clock(seconds: float | None) -> str:
     seconds = int(seconds or 0)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
@@ -645,8 +650,8 @@ def dupes(
             print(json.dumps(as_dict(findings), indent=2))
         else:
             duplicates = sum(len(c.others) for c in findings.clusters)
-            out.print(f"{len(findings.clusters)} clusters, {duplicates} duplicates among {findings.scanned:,} "
-                      f"images ({findings.pairs_text()}, {findings.seconds:.1f} s)")
+            out.print(f"{_many(len(findings.clusters), 'cluster')}, {_many(duplicates, 'duplicate')} among "
+                      f"{_many(findings.scanned, 'image')} ({findings.pairs_text()}, {findings.seconds:.1f} s)")
             for n, cluster in enumerate(findings.clusters, 1):
                 out.print(Text.assemble((f"{n}.", "bold"), f" {cluster.kind}: keep {_shorter(cluster.keep.path)} (",
                                         (cluster.reason, "green"), ")"))
