@@ -67,6 +67,20 @@ def test_similar_leaves_out_every_other_path_to_the_same_file(index, photo_dir, 
     assert [h.rank for h in hits] == list(range(1, len(hits) + 1)) and len(hits) == 9
 
 
+def test_similar_finds_an_indexed_image_named_through_a_link_to_its_folder(index, photo_dir, tmp_path):
+    """`search --id DIRLINK/photo.jpg`, DIRLINK a symbolic link to an indexed folder, said "not in the index":
+    the index keeps paths as named. The same file on disk is the same image; another file is still refused."""
+    index.add([photo_dir])
+    link = tmp_path / "elsewhere"
+    link.symlink_to(photo_dir / "noise", target_is_directory=True)
+    through_link = index.similar(link / "noise1.png", k=20)
+    assert [h.path for h in through_link] == [h.path for h in index.similar(photo_dir / "noise" / "noise1.png", k=20)]
+    stranger = tmp_path / "not-indexed.png"
+    stranger.write_bytes((photo_dir / "noise" / "noise1.png").read_bytes())  # same bytes, another file
+    with pytest.raises(NotIndexed):
+        index.similar(stranger)
+
+
 def test_euclidean_ranks_like_cosine(index, photo_dir):
     index.add([photo_dir])
     query = photo_dir / "disc" / "disc2.jpg"

@@ -531,7 +531,7 @@ class Index:
                 dba: int | Augmentation | None = None) -> Results:
         """The k images closest to an already indexed image, itself left out: under this path and under any
         other indexed path to the same file on disk (a symbolic or hard link; an identical copy stays)."""
-        key = str(images.absolute(path))
+        key = self._indexed_name(str(images.absolute(path)))
         vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
@@ -539,6 +539,20 @@ class Index:
         itself = _file_identity(key)
         others = [hit for hit in found if itself is None or _file_identity(hit.path) != itself][:k]
         return Results([replace(hit, rank=rank) for rank, hit in enumerate(others, 1)], found.engine, found.seconds)
+
+    def _indexed_name(self, path: str) -> str:
+        """The path under which the index holds the file `path` leads to: `path` itself where it is indexed, else
+        the same file on disk (links followed) under its real path or below an indexed folder named through a
+        link, e.g. LINK/photo.jpg for a folder indexed as FOLDER that LINK leads to. `path` where none is."""
+        if self.store.vector_of(path) is not None:
+            return path
+        real, itself = os.path.realpath(path), _file_identity(path)
+        names = [real] + [os.path.join(root, os.path.relpath(real, os.path.realpath(root))) for root in self.roots()
+                          if Path(real).is_relative_to(os.path.realpath(root))]
+        for name in names:
+            if _file_identity(name) == itself and itself is not None and self.store.vector_of(name) is not None:
+                return name
+        return path
 
     def image_path(self, file_id: int) -> str | None:
         """The path of the image with this id, if it was indexed successfully (a failed file has none)."""
