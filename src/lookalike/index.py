@@ -531,8 +531,11 @@ class Index:
                 dba: int | Augmentation | None = None) -> Results:
         """The k images closest to an already indexed image, itself left out: under this path and under any
         other indexed path to the same file on disk (a symbolic or hard link; an identical copy stays)."""
-        key = self._indexed_name(str(images.absolute(path)))
+        key = str(images.absolute(path))
         vector = self.store.vector_of(key)
+        if vector is None:  # named through a link, perhaps
+            key = self._indexed_name(key)
+            vector = self.store.vector_of(key)
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
         found = self.search(vector, k + SAME_FILE_SLACK, metric=metric, exclude=key, ann=ann, qe=qe, dba=dba)
@@ -541,11 +544,9 @@ class Index:
         return Results([replace(hit, rank=rank) for rank, hit in enumerate(others, 1)], found.engine, found.seconds)
 
     def _indexed_name(self, path: str) -> str:
-        """The path under which the index holds the file `path` leads to: `path` itself where it is indexed, else
-        the same file on disk (links followed) under its real path or below an indexed folder named through a
-        link, e.g. LINK/photo.jpg for a folder indexed as FOLDER that LINK leads to. `path` where none is."""
-        if self.store.vector_of(path) is not None:
-            return path
+        """The path under which the index holds the file `path` (not indexed as named) leads to, links followed:
+        its real path (FOLDER/photo.jpg, given LINK/photo.jpg where LINK leads to the indexed FOLDER), or the
+        same file below an indexed folder named through a link (the other way round). `path` where none is."""
         real, itself = os.path.realpath(path), _file_identity(path)
         names = [real] + [os.path.join(root, os.path.relpath(real, os.path.realpath(root))) for root in self.roots()
                           if Path(real).is_relative_to(os.path.realpath(root))]
