@@ -64,6 +64,16 @@ def test_search_by_id_leaves_the_image_out(indexed, photo_dir):
     assert data["metric"] == "euclidean" and data["results"][0]["score"] >= 0
 
 
+def test_search_by_id_of_a_file_replaced_since_indexing_says_so(indexed, photo_dir):
+    """A tester's finding: the neighbours of the picture indexed under that name came back without a word."""
+    query = photo_dir / "noise" / "noise0.jpg"
+    picture("disc", seed=5, size=(90, 70)).save(query)
+    result = run_cli("search", "--id", str(query), "--index", str(indexed), "-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["query_stale"] == "changed"
+    assert "changed since it was indexed" in result.stderr and "lookalike index" in result.stderr
+
+
 def test_info_reports_counts_model_and_failures(indexed, photo_dir):
     (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     assert run_cli("index", str(photo_dir), "--index", str(indexed), "-q").returncode == 0

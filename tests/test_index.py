@@ -81,6 +81,26 @@ def test_similar_finds_an_indexed_image_named_through_a_link_to_its_folder(index
         index.similar(stranger)
 
 
+def test_similar_says_when_the_query_file_changed_or_went_and_why_a_path_is_unknown(index, photo_dir, tmp_path):
+    """A tester's findings: `search --id FILE` on a file replaced or deleted since indexing answered from the
+    indexed picture without a word; a link to the indexed path of a moved file was "not in the index"; a path
+    that does not exist was told to "index it first"."""
+    index.add([photo_dir])
+    query = photo_dir / "noise" / "noise1.png"
+    assert index.similar(query).query_stale is None
+    before = [h.path for h in index.similar(query, k=5)]
+    picture("disc", seed=77, size=(80, 60)).save(query)  # replaced by another picture
+    changed = index.similar(query, k=5)
+    assert changed.query_stale == "changed" and [h.path for h in changed] == before  # the indexed picture's
+    query.rename(tmp_path / "moved.png")
+    assert index.similar(query, k=5).query_stale == "gone"
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(query)  # leads to where the indexed file was
+    assert [h.path for h in index.similar(dangling, k=5)] == before
+    with pytest.raises(NotIndexed, match="does not exist"):
+        index.similar(tmp_path / "nowhere.png")
+
+
 def test_euclidean_ranks_like_cosine(index, photo_dir):
     index.add([photo_dir])
     query = photo_dir / "disc" / "disc2.jpg"

@@ -440,7 +440,8 @@ def search(
     # the default re-ranking orders by its own score (README): the column says so, unless --dba 0 (and no --qe)
     column = metric.value if not (_augmentation(dba).on or _expansion(qe).on) else f"{metric.value} (re-ranked)"
     if as_json:
-        print(json.dumps({"query": str(shown), "metric": metric.value, "model": model_name,
+        print(json.dumps({"query": str(shown), "query_stale": hits.query_stale, "metric": metric.value,
+                          "model": model_name,
                           "engine": hits.engine, "seconds": hits.seconds, "index": index,
                           "results": [hit.__dict__ for hit in hits]}, indent=2))
     elif not out.is_terminal:  # piped: whole paths, tab separated, for cut/awk/xargs
@@ -457,6 +458,9 @@ def search(
             flag = Text(f" ({hit.stale} since indexed)", style="red") if hit.stale else ""
             table.add_row(str(hit.rank), f"{hit.score:.4f}", Text(_shorter(hit.path)) + flag)
         out.print(table)
+    if hits.query_stale:  # --id of a file replaced or deleted since: the answer is about the indexed picture
+        err.print(Text(f"{shown} {hits.query_stale} since it was indexed: these are the neighbours of the picture "
+                       "the index holds for it; refresh with `lookalike index`"))
     stale = [hit for hit in hits if hit.stale]
     if stale:
         gone = sum(hit.stale == "gone" for hit in stale)

@@ -30,7 +30,7 @@ from lookalike.models.registry import MODELS, ModelSpec, resolve_spec, same_mode
 from lookalike.search.options import ENGINES, METRICS
 from lookalike.search.rerank import NO_EXPANSION, Augmentation, QueryExpansion
 from lookalike.search.searcher import Choice, Searcher, SearchSettings, require_engine
-from lookalike.storage.base import FileDetails, FileInfo, FileRecord, IndexStore
+from lookalike.storage.base import FileDetails, FileInfo, FileRecord, IndexStore, Known
 from lookalike.storage.sqlite import Store
 
 if TYPE_CHECKING:
@@ -157,13 +157,25 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _stale(path: str, record: Known | None) -> str | None:
+    """"gone" or "changed" where the file at `path` is not what its index record says (missing, or another size
+    or modification time), else None."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return "gone"
+    same = record is None or (found.st_size == record.size and found.st_mtime_ns == record.mtime_ns)
+    return None if same else "changed"
+
+
 class Results(list):
     """The hits of one search (a list of Hit), with the engine that answered and how long it took."""
 
-    def __init__(self, hits: list[Hit], engine: str, seconds: float):
+    def __init__(self, hits: list[Hit], engine: str, seconds: float, query_stale: str | None = None):
         super().__init__(hits)
         self.engine = engine
         self.seconds = seconds
+        self.query_stale = query_stale  # `similar`: "gone" or "changed" where the query's file is not what was indexed
 
 
 class Index:
@@ -515,15 +527,7 @@ class Index:
         checked = []
         for hit in hits:
             record = known.get(hit.id)
-            state: str | None
-            try:
-                found = os.stat(hit.path)
-            except OSError:
-                state = "gone"
-            else:
-                same = record is None or (found.st_size == record.size and found.st_mtime_ns == record.mtime_ns)
-                state = None if same else "changed"
-            checked.append(replace(hit, stale=state, bytes=record.size if record is not None else 0))
+            checked.append(replace(hit, stale=_stale(hit.path, record), bytes=record.size if record is not None else 0))
         return checked
 
     def similar(self, path: str | os.PathLike, k: int = 10, *, metric: str = "cosine",
@@ -536,12 +540,17 @@ class Index:
         if vector is None:  # named through a link, perhaps
             key = self._indexed_name(key)
             vector = self.store.vector_of(key)
+        if vector is None and not os.path.lexists(path):
+            raise NotIndexed(f"{path} does not exist and is not in the index {self.path}")
         if vector is None:
             raise NotIndexed(f"{path} is not in the index {self.path} (index it first, or search it as a file)")
         found = self.search(vector, k + SAME_FILE_SLACK, metric=metric, exclude=key, ann=ann, qe=qe, dba=dba)
         itself = _file_identity(key)
         others = [hit for hit in found if itself is None or _file_identity(hit.path) != itself][:k]
-        return Results([replace(hit, rank=rank) for rank, hit in enumerate(others, 1)], found.engine, found.seconds)
+        file_id = self.store.id_of(key)
+        record = self.store.known_ids([file_id]).get(file_id) if file_id is not None else None
+        return Results([replace(hit, rank=rank) for rank, hit in enumerate(others, 1)], found.engine, found.seconds,
+                       _stale(key, record))
 
     def _indexed_name(self, path: str) -> str:
         """The path under which the index holds the file `path` (not indexed as named) leads to, links followed:
@@ -550,8 +559,8 @@ class Index:
         real, itself = os.path.realpath(path), _file_identity(path)
         names = [real] + [os.path.join(root, os.path.relpath(real, os.path.realpath(root))) for root in self.roots()
                           if Path(real).is_relative_to(os.path.realpath(root))]
-        for name in names:
-            if _file_identity(name) == itself and itself is not None and self.store.vector_of(name) is not None:
+        for name in names:  # the same file; or, from a link to where an indexed file was, that path
+            if _file_identity(name) == itself and self.store.vector_of(name) is not None:
                 return name
         return path
 
