@@ -422,6 +422,21 @@ def test_verification_accepts_edits(edit):
     assert evidence.same, evidence
 
 
+def test_evidence_says_which_picture_lies_inside_the_other():
+    """A crop lies wholly inside its original, which reaches beyond it: the evidence tells the two apart (the
+    coverage of "the smaller" alone does not say which one that is)."""
+    original = scene(11)
+    crop = original.crop((24, 18, 216, 162))
+    for a, b, inside in ((crop, original, "a"), (original, crop, "b")):
+        evidence = verify.compare(features_of(a), features_of(b))
+        assert evidence.same, evidence
+        of_crop, of_original = ((evidence.coverage_of_a, evidence.coverage_of_b) if inside == "a" else
+                                (evidence.coverage_of_b, evidence.coverage_of_a))
+        assert of_crop >= 0.95 and of_original < 0.8, evidence
+        assert evidence.coverage == max(of_crop, of_original)
+        assert evidence.larger_coverage == min(of_crop, of_original)
+
+
 def test_verification_refuses_another_shot_and_another_photo():
     original = features_of(scene(12))
     burst = verify.compare(original, features_of(scene(12, subject_shift=14, view_shift=3)))

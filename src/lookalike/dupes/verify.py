@@ -136,6 +136,8 @@ class Evidence:
     scale: float = 1.0  # size of b over size of a, thumbnails
     coverage: float = 0.0  # share of the smaller picture inside the overlap
     larger_coverage: float = 0.0  # ... and of the larger one
+    coverage_of_a: float = 0.0  # share of a's detail inside the overlap (1: a lies wholly inside b)
+    coverage_of_b: float = 0.0  # ... and of b's: which picture lies inside the other (coverage is the larger)
     gradient_correlation: float = 0.0
     cells_agreeing: float = 0.0
     residual: float = 0.0  # median distance (thumbnail pixels) of the matched points from the similarity's
@@ -393,6 +395,7 @@ def _agreement(a: Features, b: Features, transform: np.ndarray, evidence: Eviden
     share_of_b = float((b.detail & near).sum()) / max(1.0, float(b.detail.sum()))
     share_of_a = float(landed.sum()) / evidence.scale ** 2 / max(1.0, float(a.detail.sum()))
     shared = float(overlap.sum())
+    evidence.coverage_of_a, evidence.coverage_of_b = min(1.0, share_of_a), min(1.0, share_of_b)
     evidence.coverage = min(1.0, max(share_of_a, share_of_b))
     evidence.larger_coverage = min(1.0, min(share_of_a, share_of_b))
     if shared < 256:
