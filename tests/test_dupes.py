@@ -176,8 +176,9 @@ def test_checks_are_cached_beside_the_index_and_a_damaged_cache_is_rebuilt(colle
 
 def test_a_first_run_stopped_part_way_keeps_the_pairs_it_checked(collection, thumbnail_model, tmp_path,
                                                                    monkeypatch):
-    """A first run at 100k checks pairs for hours: each chunk's features and verdicts are written as it ends,
-    so that Ctrl-C (or kill) loses one chunk, not the run. One thread or two give the same answer."""
+    """A first run at 100k checks pairs for hours: the features and verdicts so far are written as a chunk ends
+    (every SAVE_EVERY seconds), so that Ctrl-C (or kill) loses seconds, not the run. One thread or two give the
+    same answer."""
     import sqlite3
 
     from lookalike import Index
@@ -186,6 +187,7 @@ def test_a_first_run_stopped_part_way_keeps_the_pairs_it_checked(collection, thu
     index = tmp_path / "k.lookalike"
     index_with(thumbnail_model, collection, index)
     monkeypatch.setattr(finder, "CHUNK", 2)
+    monkeypatch.setattr(finder, "SAVE_EVERY", 0.0)  # written after every chunk (a real run: every 2 s)
     monkeypatch.setattr(finder, "IN_MEMORY", 3)  # features leave memory between chunks and are read back
     checked: list[tuple[int, int]] = []
     real_compare = verify.compare
@@ -237,7 +239,7 @@ def test_ctrl_c_in_the_middle_of_a_chunk_stops_without_checking_the_rest_of_it(t
         calls.append(clock.perf_counter())
         if len(calls) == 2:
             _thread.interrupt_main()  # as Ctrl-C does: KeyboardInterrupt in the main thread
-        clock.sleep(0.05)
+        clock.sleep(0.2)
         return verify.Evidence(False, "not checked")
 
     with Index.open(index) as opened:
@@ -269,6 +271,40 @@ def test_pairs_are_checked_in_an_order_that_keeps_a_pictures_pairs_together():
     shared = [len(set(walked[i]) & set(walked[i + 1])) for i in range(len(walked) - 1)]
     assert sum(shared) == len(walked) - 1  # each pair shares a picture with the next: a walk along the chain
     assert local_order(np.empty((0, 2), np.int64)).tolist() == []
+
+
+def test_each_round_checks_the_spanning_forest_kruskal_takes_best_first():
+    """The forest of a round (scipy's minimum spanning tree, ranks as weights) is the one Kruskal's loop takes,
+    best cosine first, ties in the pairs' order: over groups already joined, pairs left out, repeated pairs."""
+    from scipy.cluster.hierarchy import DisjointSet
+
+    from lookalike.dupes.find import _forest
+
+    def kruskal(pairs, scores, left, joined):
+        chosen, trees = np.zeros(len(pairs), bool), DisjointSet()
+        at = np.flatnonzero(left)
+        for p in at[np.argsort(-scores[at], kind="stable")].tolist():
+            a, b = joined[int(pairs[p, 0])], joined[int(pairs[p, 1])]
+            if a != b:
+                trees.add(a)
+                trees.add(b)
+                chosen[p] = trees.merge(a, b)
+        return chosen
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        nodes = rng.permutation(1000)[:40] * 7 + 3  # ids far from 0 .. n
+        pairs = np.sort(nodes[rng.integers(0, 40, (120, 2))], axis=1)
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        scores = np.round(rng.random(len(pairs)), 1).astype(np.float32)  # ties
+        left = rng.random(len(pairs)) < 0.8
+        joined = DisjointSet(nodes.tolist())
+        for a, b in pairs[rng.random(len(pairs)) < 0.1].tolist():
+            joined.merge(a, b)
+        expected = kruskal(pairs, scores, left, joined)
+        assert expected.any()
+        assert _forest(pairs, scores, left, joined).tolist() == expected.tolist()
+    assert not _forest(pairs, scores, np.zeros(len(pairs), bool), joined).any()
 
 
 def test_stored_features_come_back_the_same_and_a_damaged_row_is_computed_again(tmp_path):

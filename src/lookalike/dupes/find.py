@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,9 +49,13 @@ SHORTLIST = 2  # above the exact limit, HNSW proposes SHORTLIST x NEIGHBOURS per
 PIXELS_FLOOR = 0.99  # cosine from which two same-size images are compared pixel for pixel
 SAME_PIXELS = "same pixels"  # the reason of a cached verdict for two files whose decoded pixels are the same
 # Pairs are checked CHUNK at a time, on one thread per core (OpenCV and the decoders let go of Python's lock:
-# 1.7x on 2 cores), and each chunk's features and verdicts are written before the next: a first run of hours
-# that is stopped keeps what it did.
+# 1.7x on 2 cores), and after a chunk the features and verdicts so far are written once SAVE_EVERY seconds have
+# passed since they last were: a first run of hours that is stopped keeps what it did, less a few seconds (a
+# write after every chunk was a fifth of benchmarks/dupes.py's 100k run whose checks cost nothing).
 CHUNK = 500
+SAVE_EVERY = 2.0
+BATCH = 8  # pairs a thread checks in one task
+POLL = 0.05  # seconds the main thread waits for a task before it looks for Ctrl-C again
 PROGRESS_EVERY = 25  # pairs between two progress reports
 # Features of up to IN_MEMORY pictures stay in memory between chunks (about 200 kB each: 2 GB), the least recently
 # used leaving first; the pairs are checked in an order that keeps a picture's pairs close together (reverse
@@ -359,6 +363,8 @@ class _Checker:
         self.done: dict[str, int] = {}
         self.total: dict[str, int] = {}
         self.started: set[str] = set()  # a step is shown once it checks something: a re-run may check nothing
+        self.saved_at = time.monotonic()
+        self.stopping = False  # set by an interruption (Ctrl-C, an error): batches running stop early
 
     def proves(self, link: Link | None) -> bool:
         return link is not None and (not self.exact_only or link.kind != "photo")
@@ -397,23 +403,44 @@ class _Checker:
             self._report(step)
             ids = sorted({i for pair in chunk if self.prover.needs_features(*pair) for i in pair})
             self.features.prefetch([(i, self.prover.members[i].path) for i in ids], self.pool)
-            # Executor.map cancels what has not started when its results stop being read (Ctrl-C, an error).
-            links = self.pool.map(lambda pair, cosine: self.prover.link(pair[0], pair[1], cosine, preloaded=True),
-                                  chunk, chunk_cosines)
-            for done, (pair, link) in enumerate(zip(chunk, links, strict=True), 1):
-                if self.proves(link):
-                    proven.add((pair[0], pair[1]))
-                    if joined is not None:
-                        joined.merge(*pair)
-                if step is not None:
-                    self.done[step] += 1
-                if done % PROGRESS_EVERY == 0:
-                    self._report(step)
-            self.features.save()  # this chunk's work is kept; the least recently used features leave memory
-            self.features.forget(keep=IN_MEMORY)
+            # BATCH pairs a task: a task per pair cost more than a refused pair's check where most are cached.
+            batches = [list(zip(chunk[at:at + BATCH], chunk_cosines[at:at + BATCH], strict=True))
+                       for at in range(0, len(chunk), BATCH)]
+            tasks = [self.pool.submit(self._links, batch) for batch in batches]
+            try:
+                done = 0
+                for batch, task in zip(batches, tasks, strict=True):
+                    for (pair, _), link in zip(batch, _result(task), strict=True):
+                        done += 1
+                        if self.proves(link):
+                            proven.add((pair[0], pair[1]))
+                            if joined is not None:
+                                joined.merge(*pair)
+                        if step is not None:
+                            self.done[step] += 1
+                        if done % PROGRESS_EVERY == 0:
+                            self._report(step)
+            except BaseException:  # Ctrl-C, an error: what has not started is dropped, and the tasks running stop
+                self.stopping = True  # after the pair each is checking
+                for task in tasks:
+                    task.cancel()
+                raise
+            if time.monotonic() - self.saved_at >= SAVE_EVERY:  # the work so far is kept, and the least recently
+                self.features.save()                             # used features leave memory
+                self.features.forget(keep=IN_MEMORY)
+                self.saved_at = time.monotonic()
         if len(listed):
             self._report(step)
         return proven, skipped
+
+    def _links(self, batch: list[tuple[list[int], float | None]]) -> list[Link | None]:
+        """A task: one batch's pairs decided in turn; none more once the run is stopping."""
+        links = []
+        for pair, cosine in batch:
+            if self.stopping:
+                break
+            links.append(self.prover.link(pair[0], pair[1], cosine, preloaded=True))
+        return links
 
     def decide(self, pairs: list[tuple[int, int]]) -> None:
         """Decide these pairs ahead, on every core (step KEEPER): the prover then has their answers. Verdicts an
@@ -432,6 +459,16 @@ class _Checker:
         if todo:
             self.expect(KEEPER, len(todo))
             self.run(np.array(todo, np.int64), None, KEEPER)
+
+
+def _result(task: Future) -> list:
+    """A task's result, waited for a little at a time: a signal (Ctrl-C) that another thread received is acted
+    on within POLL seconds, not once the task is done."""
+    while True:
+        try:
+            return task.result(timeout=POLL)
+        except TimeoutError:
+            continue
 
 
 def _prove(pairs: np.ndarray, scores: np.ndarray, checker: _Checker,
@@ -460,22 +497,40 @@ def _prove(pairs: np.ndarray, scores: np.ndarray, checker: _Checker,
 
 def _forest(pairs: np.ndarray, scores: np.ndarray, left: np.ndarray, joined: DisjointSet) -> np.ndarray:
     """bool [p]: of the `left` pairs whose pictures are not joined, a spanning forest of the graph whose nodes
-    are `joined`'s groups, of highest cosine (Kruskal: best first, a pair taken where it joins two trees)."""
-    from scipy.cluster.hierarchy import DisjointSet
+    are `joined`'s groups, of highest cosine: what Kruskal takes going best first (a pair where it joins two
+    trees), computed by scipy.sparse.csgraph.minimum_spanning_tree with each pair's rank in that order as its
+    weight (ranks are distinct, so that forest is the only minimal one)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
 
     chosen = np.zeros(len(pairs), bool)
-    trees = DisjointSet()
     at = np.flatnonzero(left)
-    at = at[np.argsort(-scores[at], kind="stable")]
-    for p, (a, b) in zip(at.tolist(), pairs[at].tolist(), strict=True):
-        a, b = joined[a], joined[b]
-        if a == b:
-            continue
-        trees.add(a)
-        trees.add(b)
-        if trees.merge(a, b):
-            chosen[p] = True
+    at = at[np.argsort(-scores[at], kind="stable")]  # best first
+    group = _group_numbers(joined, pairs[at])
+    apart = group[:, 0] != group[:, 1]
+    at, group = at[apart], np.sort(group[apart], axis=1)
+    if not len(at):
+        return chosen
+    # Between two groups only the best pair can be taken (after it, the two are one tree)
+    _, first = np.unique(group[:, 0] * (int(group.max()) + 1) + group[:, 1], return_index=True)
+    first.sort()
+    size = int(group.max()) + 1
+    graph = coo_matrix((np.arange(1, len(first) + 1, dtype=np.float64), (group[first, 0], group[first, 1])),
+                       shape=(size, size)).tocsr()
+    taken = minimum_spanning_tree(graph).tocoo().data.astype(np.int64) - 1  # ranks of the pairs taken
+    chosen[at[first[taken]]] = True
     return chosen
+
+
+def _group_numbers(joined: DisjointSet, pairs: np.ndarray) -> np.ndarray:
+    """int64 like `pairs` ([p, 2] ids): each picture's group in `joined` as a number (one per group)."""
+    nodes, numbers = [], []
+    for number, subset in enumerate(joined.subsets()):
+        nodes.extend(subset)
+        numbers.extend([number] * len(subset))
+    order = np.argsort(np.array(nodes, np.int64))
+    sorted_nodes = np.array(nodes, np.int64)[order]
+    return np.array(numbers, np.int64)[order][np.searchsorted(sorted_nodes, pairs)]
 
 
 def local_order(pairs: np.ndarray) -> np.ndarray:
