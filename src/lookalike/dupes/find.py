@@ -505,6 +505,8 @@ def _forest(pairs: np.ndarray, scores: np.ndarray, left: np.ndarray, joined: Dis
 
     chosen = np.zeros(len(pairs), bool)
     at = np.flatnonzero(left)
+    if not len(at):  # a re-run with every verdict cached: nothing left
+        return chosen
     at = at[np.argsort(-scores[at], kind="stable")]  # best first
     group = _group_numbers(joined, pairs[at])
     apart = group[:, 0] != group[:, 1]
