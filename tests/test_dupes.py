@@ -218,6 +218,81 @@ def test_a_first_run_stopped_part_way_keeps_the_pairs_it_checked(collection, thu
         [sorted(m.path for m in c.members) for c in two.clusters] and len(two.clusters) == 6
 
 
+def test_ctrl_c_keeps_every_pair_checked_before_it(collection, thumbnail_model, tmp_path, monkeypatch):
+    """A tester's finding: the cache is written every SAVE_EVERY seconds, and Ctrl-C threw away what was checked
+    since (a short first run stopped kept nothing), though the message says the work was kept."""
+    import sqlite3
+
+    from lookalike import Index
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "k.lookalike"
+    index_with(thumbnail_model, collection, index)
+    monkeypatch.setattr(finder, "SAVE_EVERY", 1e9)  # no timed write before the stop
+    monkeypatch.setattr(finder, "PROGRESS_EVERY", 1)
+    checked: list[int] = []
+    real_compare = verify.compare
+    monkeypatch.setattr(verify, "compare", lambda a, b: checked.append(1) or real_compare(a, b))
+
+    def stop(what, done, total):
+        if what == finder.CHECKING and done >= 4:
+            raise KeyboardInterrupt
+
+    with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+        finder.find(opened, steps=stop, workers=2)
+    with sqlite3.connect(tmp_path / "k.lookalike-cache" / "dupes.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    assert len(checked) >= 2 and kept >= len(checked), (len(checked), kept)
+
+
+def test_a_second_ctrl_c_while_a_check_runs_waits_for_it(thumbnail_model, tmp_path, monkeypatch):
+    """A tester's finding: Ctrl-C sometimes ended in "terminate called without an active exception" (SIGABRT,
+    exit 134): a Ctrl-C that interrupts the pool's Thread.join lets Python take the thread for ended, and it
+    exits while the thread is still inside OpenCV. find() now returns only once no check runs."""
+    import signal
+    import threading
+    import time as clock
+
+    from lookalike import Index
+    from lookalike.dupes import find as finder
+
+    photos, index = tmp_path / "many", tmp_path / "c.lookalike"
+    photos.mkdir()
+    for n in range(6):
+        scene(n).save(photos / f"s{n}.jpg", quality=80)
+    index_with(thumbnail_model, photos, index)
+    state = {"calls": 0, "inside": 0}
+
+    def poke() -> None:  # Ctrl-C, and again while the first is being handled: real signals, to the main thread
+        main = threading.main_thread().ident
+        assert main is not None
+        clock.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGINT)
+        clock.sleep(0.3)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    def slow(a, b):
+        state["calls"] += 1
+        state["inside"] += 1
+        try:
+            if state["calls"] == 1:
+                threading.Thread(target=poke, daemon=True).start()
+            clock.sleep(1.5)  # a long check, out of Python's lock as OpenCV's are
+            return verify.Evidence(False, "not checked")
+        finally:
+            state["inside"] -= 1
+
+    monkeypatch.setattr(verify, "compare", slow)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+            finder.find(opened, workers=1, floor=-1.0)
+        assert state["calls"] >= 1 and state["inside"] == 0, state
+    finally:
+        signal.signal(signal.SIGINT, before)
+        clock.sleep(1.6)  # a check still running (before the fix) ends before the next test
+
+
 def test_ctrl_c_in_the_middle_of_a_chunk_stops_without_checking_the_rest_of_it(thumbnail_model, tmp_path,
                                                                                 monkeypatch):
     """Ctrl-C waited for every pair left in the chunk (2,000 pairs, seconds to a minute) before it stopped."""

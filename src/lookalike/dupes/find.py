@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,8 +50,9 @@ PIXELS_FLOOR = 0.99  # cosine from which two same-size images are compared pixel
 SAME_PIXELS = "same pixels"  # the reason of a cached verdict for two files whose decoded pixels are the same
 # Pairs are checked CHUNK at a time, on one thread per core (OpenCV and the decoders let go of Python's lock:
 # 1.7x on 2 cores), and after a chunk the features and verdicts so far are written once SAVE_EVERY seconds have
-# passed since they last were: a first run of hours that is stopped keeps what it did, less a few seconds (a
-# write after every chunk was a fifth of benchmarks/dupes.py's 100k run whose checks cost nothing).
+# passed since they last were, and when a run is stopped (Ctrl-C, an error): a first run of hours keeps what it
+# did, a kill -9 all but its last seconds (a write after every chunk was a fifth of benchmarks/dupes.py's 100k run
+# whose checks cost nothing).
 CHUNK = 500
 SAVE_EVERY = 2.0
 BATCH = 8  # pairs a thread checks in one task
@@ -340,12 +341,20 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
     joined = DisjointSet(heads)  # the pictures proven pairs join so far
     for a, b in edges:
         joined.merge(a, b)
-    with ThreadPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool:
-        checker = _Checker(prover, features, pool, steps, exact_only)
+    pool = _Pool(workers or len(os.sched_getaffinity(0)))
+    checker = _Checker(prover, features, pool, steps, exact_only)
+    try:
         proven, skipped = _prove(todo, todo_scores, checker, joined)
         edges |= proven
         clusters = _clusters(edges, skipped, heads, prover, connected_components, coo_matrix, exact_only,
                              checker.decide)
+    except BaseException:  # Ctrl-C, an error: what was decided before it is kept (a re-run goes on from there)
+        checker.stopping = True
+        pool.finish()
+        features.save()
+        features.close()
+        raise
+    pool.finish()
     features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if under is None else None)
     features.close()
     return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor,
@@ -353,9 +362,38 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
                     sum(pair in prover.fresh for pair in map(tuple, pairs.tolist())))
 
 
+class _Pool(ThreadPoolExecutor):
+    """The checks' threads, which `finish` waits for even through Ctrl-C: a thread still inside OpenCV when Python
+    exits aborts the process ("terminate called without an active exception", SIGABRT), and a Thread.join that
+    Ctrl-C interrupts lets Python 3.11 take that thread for ended (bpo-45274's handling)."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers)
+        self.running: set[Future] = set()  # submitted and not done
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        task = super().submit(fn, *args, **kwargs)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        return task
+
+    def finish(self) -> None:
+        """Drop what has not started, wait for what has (then the threads end), and only then let a Ctrl-C that
+        came meanwhile through."""
+        self.shutdown(wait=False, cancel_futures=True)
+        stopped: BaseException | None = None
+        while self.running:
+            try:
+                wait(list(self.running), timeout=POLL)
+            except KeyboardInterrupt as exc:
+                stopped = exc
+        if stopped is not None:
+            raise stopped
+
+
 class _Checker:
     """Checks pairs on the pool's threads (OpenCV and the decoders let go of Python's lock), CHUNK at a time,
-    each chunk's features and verdicts saved before the next; tells `steps` how far it is."""
+    BATCH a task, writing the features and verdicts every SAVE_EVERY seconds; tells `steps` how far it is."""
 
     def __init__(self, prover: _Prover, features: FeatureCache, pool: ThreadPoolExecutor, steps: Steps | None,
                  exact_only: bool):
