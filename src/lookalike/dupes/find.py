@@ -343,20 +343,21 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
         joined.merge(a, b)
     pool = _Pool(workers or len(os.sched_getaffinity(0)))
     checker = _Checker(prover, features, pool, steps, exact_only)
+    completed = False
     try:
         proven, skipped = _prove(todo, todo_scores, checker, joined)
         edges |= proven
         clusters = _clusters(edges, skipped, heads, prover, connected_components, coo_matrix, exact_only,
                              checker.decide)
-    except BaseException:  # Ctrl-C, an error: what was decided before it is kept (a re-run goes on from there)
-        checker.stopping = True
-        pool.finish()
-        features.save()
-        features.close()
-        raise
-    pool.finish()
-    features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if under is None else None)
-    features.close()
+        completed = True
+    finally:  # also after Ctrl-C or an error: what was decided before it is kept (a re-run goes on from there)
+        checker.stopping = not completed
+        try:
+            pool.finish()
+        finally:
+            everything = completed and under is None  # only then are ids missing from it gone from the index
+            features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if everything else None)
+            features.close()
     return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor,
                     sum(pair not in prover.known for pair in skipped),
                     sum(pair in prover.fresh for pair in map(tuple, pairs.tolist())))
