@@ -245,6 +245,54 @@ def test_ctrl_c_keeps_every_pair_checked_before_it(collection, thumbnail_model, 
     assert len(checked) >= 2 and kept >= len(checked), (len(checked), kept)
 
 
+def test_a_second_ctrl_c_during_the_write_on_the_way_out_does_not_lose_it(collection, thumbnail_model, tmp_path,
+                                                                          monkeypatch):
+    """A tester's finding: Ctrl-C twice, 0.3 s apart, kept no verdict: the second landed in the cache's write,
+    which it rolled back. The write now finishes first, then the second Ctrl-C takes effect."""
+    import signal
+    import sqlite3
+    import threading
+    import time as clock
+
+    from lookalike import Index
+    from lookalike.dupes import cache as store
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "k.lookalike"
+    index_with(thumbnail_model, collection, index)
+    monkeypatch.setattr(finder, "SAVE_EVERY", 1e9)
+    monkeypatch.setattr(finder, "PROGRESS_EVERY", 1)
+    checked: list[int] = []
+    real_compare, real_save = verify.compare, store.FeatureCache.save
+    monkeypatch.setattr(verify, "compare", lambda a, b: checked.append(1) or real_compare(a, b))
+    stopped = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def stop(what, done, total):
+        if what == finder.CHECKING and done >= 4:
+            stopped.set()
+            raise KeyboardInterrupt  # the first Ctrl-C
+
+    def save_under_a_second_ctrl_c(self, keep_ids=None):
+        if stopped.is_set():
+            stopped.clear()
+            signal.pthread_kill(main, signal.SIGINT)  # the second, as the write begins
+            clock.sleep(0.05)
+        return real_save(self, keep_ids)
+
+    monkeypatch.setattr(store.FeatureCache, "save", save_under_a_second_ctrl_c)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+            finder.find(opened, steps=stop, workers=2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with sqlite3.connect(tmp_path / "k.lookalike-cache" / "dupes.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+    assert len(checked) >= 2 and kept >= len(checked), (len(checked), kept)
+
+
 def test_a_second_ctrl_c_while_a_check_runs_waits_for_it(thumbnail_model, tmp_path, monkeypatch):
     """A tester's finding: Ctrl-C sometimes ended in "terminate called without an active exception" (SIGABRT,
     exit 134): a Ctrl-C that interrupts the pool's Thread.join lets Python take the thread for ended, and it

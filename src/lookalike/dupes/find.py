@@ -23,9 +23,13 @@ Nothing here deletes or moves anything: see quarantine.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -356,11 +360,28 @@ def find(index, *, under: str | None = None, exact_only: bool = False, k: int = 
             pool.finish()
         finally:
             everything = completed and under is None  # only then are ids missing from it gone from the index
-            features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if everything else None)
-            features.close()
+            with _ctrl_c_deferred():  # a KeyboardInterrupt inside the write would roll all of it back
+                features.save(keep_ids=np.fromiter(details, np.int64, len(details)) if everything else None)
+                features.close()
     return Findings(clusters, len(members), len(pairs), cosines, time.perf_counter() - started, floor,
                     sum(pair not in prover.known for pair in skipped),
                     sum(pair in prover.fresh for pair in map(tuple, pairs.tolist())))
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C during the block takes effect after it (on the main thread; elsewhere signals do not arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
 
 
 class _Pool(ThreadPoolExecutor):
