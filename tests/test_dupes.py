@@ -293,6 +293,45 @@ def test_a_second_ctrl_c_during_the_write_on_the_way_out_does_not_lose_it(collec
     assert len(checked) >= 2 and kept >= len(checked), (len(checked), kept)
 
 
+def test_ctrl_c_while_features_are_computed_keeps_those_computed(collection, thumbnail_model, tmp_path,
+                                                                 monkeypatch):
+    """Features were kept only up to the first one not yet computed, in order: Ctrl-C while one slow file was
+    decoded threw away every other file's features computed meanwhile (a tester saw none kept)."""
+    import signal
+    import sqlite3
+    import threading
+    import time as clock
+
+    from lookalike import Index
+    from lookalike.dupes import cache as store
+    from lookalike.dupes import find as finder
+
+    index = tmp_path / "k.lookalike"
+    index_with(thumbnail_model, collection, index)
+    real_compute = store.compute
+    calls = {"n": 0}
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def slow_first(path):
+        calls["n"] += 1
+        if calls["n"] == 1:  # a large file: the others are computed on the other thread meanwhile
+            threading.Timer(0.6, signal.pthread_kill, (main, signal.SIGINT)).start()  # Ctrl-C
+            clock.sleep(1.2)
+        return real_compute(path)
+
+    monkeypatch.setattr(store, "compute", slow_first)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Index.open(index) as opened, pytest.raises(KeyboardInterrupt):
+            finder.find(opened, workers=2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with sqlite3.connect(tmp_path / "k.lookalike-cache" / "dupes.sqlite") as db:
+        kept = db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    assert calls["n"] >= 3 and kept >= 2, (calls, kept)
+
+
 def test_a_second_ctrl_c_while_a_check_runs_waits_for_it(thumbnail_model, tmp_path, monkeypatch):
     """A tester's finding: Ctrl-C sometimes ended in "terminate called without an active exception" (SIGABRT,
     exit 134): a Ctrl-C that interrupts the pool's Thread.join lets Python take the thread for ended, and it

@@ -104,10 +104,19 @@ class FeatureCache:
                 missing.append((i, path))
             else:
                 self.memory[i] = found
-        for (i, _), computed in zip(missing, pool.map(compute, [path for _, path in missing]), strict=True):
-            self.memory[i] = computed
-            if computed is not None:
-                self.new[i] = computed
+        tasks = [(i, pool.submit(compute, path)) for i, path in missing]
+        try:
+            for _, task in tasks:
+                task.result()
+        finally:  # also on Ctrl-C: what was computed is kept (and saved with the rest); the others are dropped
+            for i, task in tasks:
+                if not task.done() or task.cancelled() or task.exception() is not None:
+                    task.cancel()
+                    continue
+                computed = task.result()
+                self.memory[i] = computed
+                if computed is not None:
+                    self.new[i] = computed
 
     def forget(self, keep: int = 0) -> None:
         """Drop all but the `keep` most recently used features held in memory, of those on disk (after `save`;
