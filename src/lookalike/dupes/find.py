@@ -424,7 +424,7 @@ class _Checker:
         self.total: dict[str, int] = {}
         self.started: set[str] = set()  # a step is shown once it checks something: a re-run may check nothing
         self.saved_at = time.monotonic()
-        self.stopping = False  # set by an interruption (Ctrl-C, an error): batches running stop early
+        self.stopping = False  # set by `find` on Ctrl-C or an error: the batches running stop early
 
     def proves(self, link: Link | None) -> bool:
         return link is not None and (not self.exact_only or link.kind != "photo")
@@ -466,25 +466,20 @@ class _Checker:
             # BATCH pairs a task: a task per pair cost more than a refused pair's check where most are cached.
             batches = [list(zip(chunk[at:at + BATCH], chunk_cosines[at:at + BATCH], strict=True))
                        for at in range(0, len(chunk), BATCH)]
+            # On Ctrl-C or an error, `find` sets `stopping` and drops the tasks not started (`_Pool.finish`).
             tasks = [self.pool.submit(self._links, batch) for batch in batches]
-            try:
-                done = 0
-                for batch, task in zip(batches, tasks, strict=True):
-                    for (pair, _), link in zip(batch, _result(task), strict=True):
-                        done += 1
-                        if self.proves(link):
-                            proven.add((pair[0], pair[1]))
-                            if joined is not None:
-                                joined.merge(*pair)
-                        if step is not None:
-                            self.done[step] += 1
-                        if done % PROGRESS_EVERY == 0:
-                            self._report(step)
-            except BaseException:  # Ctrl-C, an error: what has not started is dropped, and the tasks running stop
-                self.stopping = True  # after the pair each is checking
-                for task in tasks:
-                    task.cancel()
-                raise
+            done = 0
+            for batch, task in zip(batches, tasks, strict=True):
+                for (pair, _), link in zip(batch, _result(task), strict=True):
+                    done += 1
+                    if self.proves(link):
+                        proven.add((pair[0], pair[1]))
+                        if joined is not None:
+                            joined.merge(*pair)
+                    if step is not None:
+                        self.done[step] += 1
+                    if done % PROGRESS_EVERY == 0:
+                        self._report(step)
             if time.monotonic() - self.saved_at >= SAVE_EVERY:  # the work so far is kept, and the least recently
                 self.features.save()                             # used features leave memory
                 self.features.forget(keep=IN_MEMORY)
@@ -574,9 +569,9 @@ def _forest(pairs: np.ndarray, scores: np.ndarray, left: np.ndarray, joined: Dis
     if not len(at):
         return chosen
     # Between two groups only the best pair can be taken (after it, the two are one tree)
-    _, first = np.unique(group[:, 0] * (int(group.max()) + 1) + group[:, 1], return_index=True)
-    first.sort()
     size = int(group.max()) + 1
+    _, first = np.unique(group[:, 0] * size + group[:, 1], return_index=True)
+    first.sort()
     graph = coo_matrix((np.arange(1, len(first) + 1, dtype=np.float64), (group[first, 0], group[first, 1])),
                        shape=(size, size)).tocsr()
     taken = minimum_spanning_tree(graph).tocoo().data.astype(np.int64) - 1  # ranks of the pairs taken
@@ -590,9 +585,9 @@ def _group_numbers(joined: DisjointSet, pairs: np.ndarray) -> np.ndarray:
     for number, subset in enumerate(joined.subsets()):
         nodes.extend(subset)
         numbers.extend([number] * len(subset))
-    order = np.argsort(np.array(nodes, np.int64))
-    sorted_nodes = np.array(nodes, np.int64)[order]
-    return np.array(numbers, np.int64)[order][np.searchsorted(sorted_nodes, pairs)]
+    ids = np.array(nodes, np.int64)
+    order = np.argsort(ids)
+    return np.array(numbers, np.int64)[order][np.searchsorted(ids[order], pairs)]
 
 
 def local_order(pairs: np.ndarray) -> np.ndarray:
