@@ -969,6 +969,26 @@ def test_a_symlink_and_its_target_are_one_file_and_the_real_file_is_never_moved(
     assert result.returncode == 0 and (hard / "a.jpg").is_file() and (hard / "b.jpg").is_file()
 
 
+def test_a_link_to_a_file_outside_the_folder_is_not_kept_over_the_real_copy_inside(tmp_path, thumbnail_model):
+    """A tester's finding: photos/link.jpg -> a file outside the folder, beside photos/p07.jpg with the same
+    bytes: the link was kept ("other paths lead to this file") and the folder's only real copy moved aside."""
+    root, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    scene(5).save(outside / "p07.jpg", quality=90)
+    shutil.copy2(outside / "p07.jpg", root / "p07.jpg")
+    os.symlink(outside / "p07.jpg", root / "a_link_to_p07.jpg")  # sorts first: the tie-break by path
+    scene(6).save(root / "other.jpg", quality=90)
+    index = tmp_path / "o.lookalike"
+    index_with(thumbnail_model, root, index)
+    found = dupes_json(str(index))
+    assert [Path(c["keep"]).name for c in found["clusters"]] == ["p07.jpg"], found["clusters"]
+    assert "symbolic link" in found["clusters"][0]["reason"]
+    result = run_cli("dupes", str(index), "--move-to", str(tmp_path / "q"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert (root / "p07.jpg").is_file() and (root / "a_link_to_p07.jpg").is_symlink()  # nothing moved
+
+
 def test_a_held_link_says_why_and_a_missing_target_is_named(tmp_path, thumbnail_model):
     """The bugs: a symbolic link left in place printed "other paths lead to it ()", and `dupes NO_SUCH_DIR`
     answered "no index at NO_SUCH_DIR: build one with ..." for a mistyped folder."""

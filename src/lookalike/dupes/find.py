@@ -677,7 +677,8 @@ def _components(nodes: set[int], edges: list[tuple[int, int]], heads: dict[int, 
         chosen = [heads[i] for i in group]
         facts = {m.id: keep_rule.read_facts(m.path, m.width, m.height, m.mtime_ns) for m in chosen}
         for m in chosen:
-            facts[m.id].linked = not movable(m)
+            facts[m.id].symlink = os.path.islink(m.path)
+            facts[m.id].linked = not facts[m.id].symlink and not movable(m)
         keeper, reason = keep_rule.choose(chosen, facts)
         found.append((chosen, keeper, reason))
     return found

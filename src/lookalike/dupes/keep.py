@@ -10,9 +10,10 @@ in order (the first rule that tells two files apart decides):
 4. not lossy: a JPEG saved at estimated quality below LOW_QUALITY (from its quantisation tables) loses;
 5. the native format: where the group holds a JPEG, a PNG or WebP of the same picture is a re-encode, not
    an improvement, even though PNG is lossless;
-6. a file that a link points at (or that is one): it cannot be moved without breaking that path, so among
-   otherwise equal copies it is the one to keep. Only then: a link to a crop is not kept over the larger
-   original (it stays where it is anyway: find.movable);
+6. a file that other paths lead to (a symbolic or hard link): it cannot be moved without breaking that path, so
+   among otherwise equal copies it is the one to keep; and a file over a symbolic link to one, whose target may
+   lie outside the folder (keeping the link would move the folder's only real copy aside). Only then: a link to
+   a crop is not kept over the larger original (it stays where it is anyway: find.movable);
 7. the oldest modification time (copies are made after their original).
 
 Quality is a coarse class on purpose: a brightened copy re-saved at quality 92 is not "better" than its
@@ -52,7 +53,8 @@ class Facts:
     format: str = ""  # JPEG, PNG, WEBP, ...
     quality: int | None = None  # estimated JPEG quality, None for other formats
     mtime_ns: int = 0
-    linked: bool = False  # a link points at it (or it is one): moving it would break that path
+    linked: bool = False  # a file other paths lead to (a link to it, a hard link): moving it would break them
+    symlink: bool = False  # a symbolic link itself: the file it leads to may lie outside the folder
     taken: str = ""  # EXIF DateTimeOriginal, "YYYY:MM:DD HH:MM:SS"
     taken_fraction: str = ""  # ... and its SubSecTimeOriginal, where the camera wrote one
 
@@ -138,7 +140,8 @@ def choose(members: Sequence[C], facts: dict[int, Facts]) -> tuple[C, str]:
         (lambda f: not lossy(f), lambda f: f"not re-compressed (JPEG quality ~{f.quality})" if f.quality
          else "lossless"),
         (lambda f: not has_jpeg or f.format == "JPEG", lambda f: "the JPEG, not a re-encode of it"),
-        (lambda f: f.linked, lambda f: "other paths lead to this file (a link): it stays"),
+        (lambda f: (f.linked, not f.symlink), lambda f: "other paths lead to this file (a link): it stays"
+         if f.linked else "a file, not a symbolic link to one"),
         (lambda f: -f.mtime_ns, lambda f: "the oldest file"),
     ]
     remaining = sorted(members, key=lambda m: m.path)
