@@ -1006,6 +1006,11 @@ def test_a_held_link_says_why_and_a_missing_target_is_named(tmp_path, thumbnail_
     assert "c_link.jpg: a symbolic link" in result.stdout and "()" not in result.stdout
     missing = run_cli("dupes", str(tmp_path / "no-such-folder"))
     assert missing.returncode == 3 and "does not exist: give a folder of photos" in missing.stderr
+    # A tester's finding: an image named as the folder read "is not a lookalike index (choose another --index
+    # path)", though no --index was given
+    photo = run_cli("dupes", str(root / "a.jpg"), "--index", str(tmp_path / "new.lookalike"))
+    assert photo.returncode == 3 and "is neither a folder nor an index" in photo.stderr, photo.stderr
+    assert "--index" not in photo.stderr and not (tmp_path / "new.lookalike").exists()
 
 
 def test_a_folder_indexed_through_two_paths_is_not_emptied(collection, thumbnail_model, tmp_path):

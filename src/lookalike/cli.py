@@ -35,7 +35,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lookalike import __version__
-from lookalike.errors import LookalikeError, NotFound, UsageError, require
+from lookalike.errors import IndexNotFound, LookalikeError, NotFound, UsageError, require
 from lookalike.search.options import Engine as Ann
 from lookalike.search.options import Metric
 
@@ -644,7 +644,14 @@ def dupes(
         raise NotFound(f"{target} does not exist: give a folder of photos, or an index made by `lookalike index`")
     else:
         index = target
-    with Index.open(index) as idx:
+    try:
+        opened = Index.open(index)
+    except IndexNotFound as exc:
+        if under is None:  # the file named as TARGET (an image, say), not an --index path
+            raise NotFound(f"{target} is neither a folder nor an index made by `lookalike index`: give the folder "
+                           "of photos to look in") from exc
+        raise
+    with opened as idx:
         if move_to is not None:
             quarantine.check_folder(move_to, idx.roots())
         with _Report(quiet) as progress:
